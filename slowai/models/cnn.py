@@ -1,0 +1,113 @@
+"""The ResNets notebook's CNNs, registered by name so studies can ablate block type, activation and init."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from slowai.layers import ActFactory, Conv, DoubleConvBlock, GeneralReLU, ResidualConvBlock, init_leaky_weights
+from slowai.models.registry import register_model
+
+Block = Callable[..., nn.Module]
+
+
+class CNN(nn.Module):
+    """Stride-2 conv stack ending in `n_outputs` channels; `self.layers` holds the blocks so summaries can list them."""
+
+    def __init__(
+        self,
+        nfs: tuple[int, ...] = (8, 16, 32, 64),
+        n_outputs: int = 10,
+        block: Block | None = None,
+        in_chans: int = 1,
+        act: ActFactory = GeneralReLU,
+    ) -> None:
+        super().__init__()
+        if len(nfs) < 1:
+            raise ValueError("nfs needs at least one channel count")
+        self.in_chans, self.n_outputs = in_chans, n_outputs
+        self.layers = nn.Sequential(*self.get_layers(tuple(nfs), n_outputs, block or Conv, in_chans, act))
+
+    def get_layers(
+        self, nfs: tuple[int, ...], n_outputs: int, block: Block, in_chans: int, act: ActFactory
+    ) -> list[nn.Module]:
+        """First a 5x5 stride-2 block, then one stride-2 block per channel step, then a head block without act."""
+        return self._stack(block(in_chans, nfs[0], ks=5, stride=2, act=act), nfs, n_outputs, block, act)
+
+    @staticmethod
+    def _stack(
+        first: nn.Module, nfs: tuple[int, ...], n_outputs: int, block: Block, act: ActFactory
+    ) -> list[nn.Module]:
+        middle = [block(c_in, c_out, act=act) for c_in, c_out in zip(nfs, nfs[1:])]
+        return [first, *middle, block(nfs[-1], n_outputs, act=False)]
+
+    @classmethod
+    def kaiming(cls, *args: Any, **kw: Any) -> CNN:
+        """Build with Kaiming init matched to GeneralReLU's leak (the notebook's recipe)."""
+        model = cls(*args, **kw)
+        model.apply(init_leaky_weights)
+        return model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        # Global average pool: the identity when the stack already reaches 1x1 (28x28 and 32x32), any size otherwise.
+        return self.layers(x).mean(dim=(2, 3))
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Fail with a fix-it message instead of a cryptic conv error (shape-only check: no host sync)."""
+        if x.ndim != 4:
+            raise ValueError(f"{type(self).__name__} expects a (B, C, H, W) batch but got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.in_chans} input channel(s) but got {x.shape[1]}: "
+                f"build it with in_chans={x.shape[1]}"
+            )
+
+
+class DeeperCNN(CNN):
+    """CNN with a stride-1 first block, which fits one more block (the notebook's 'going deeper'); needs 5 nfs."""
+
+    def __init__(self, nfs: tuple[int, ...] = (8, 16, 32, 64, 128), *args: Any, **kw: Any) -> None:
+        if len(nfs) != 5:
+            raise ValueError(f"DeeperCNN needs exactly 5 channel counts in nfs, got {len(nfs)}: {tuple(nfs)}")
+        super().__init__(nfs, *args, **kw)
+
+    def get_layers(
+        self, nfs: tuple[int, ...], n_outputs: int, block: Block, in_chans: int, act: ActFactory
+    ) -> list[nn.Module]:
+        return self._stack(block(in_chans, nfs[0], ks=5, stride=1, act=act), nfs, n_outputs, block, act)
+
+
+def _build(cls: type[CNN], in_chans: int, num_classes: int, init: str = "leaky", **kw: Any) -> CNN:
+    """Registry helper: `init="leaky"` applies init_leaky_weights, `init="default"` keeps PyTorch's init."""
+    if init not in ("leaky", "default"):
+        raise ValueError(f"unknown init {init!r}; use 'leaky' or 'default'")
+    make = cls.kaiming if init == "leaky" else cls
+    return make(n_outputs=num_classes, in_chans=in_chans, **kw)
+
+
+@register_model("cnn", "5-block stride-2 CNN of Conv blocks (notebook baseline)")
+def cnn(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
+    """Notebook baseline CNN; accepts nfs, block, act, init."""
+    return _build(CNN, in_chans, num_classes, **kw)
+
+
+@register_model("conv", "DeeperCNN of single Conv blocks (6 convs)")
+def conv(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
+    """DeeperCNN with one Conv per block; accepts nfs, act, init."""
+    return _build(DeeperCNN, in_chans, num_classes, block=Conv, **kw)
+
+
+@register_model("plain", "DeeperCNN of DoubleConvBlocks: residual's depth without skips")
+def plain(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
+    """DeeperCNN with two Convs per block and no identity path; accepts nfs, act, init."""
+    return _build(DeeperCNN, in_chans, num_classes, block=DoubleConvBlock, **kw)
+
+
+@register_model("residual", "DeeperCNN of ResidualConvBlocks (skip connections)")
+def residual(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
+    """DeeperCNN with ResidualConvBlocks; accepts nfs, act, init."""
+    return _build(DeeperCNN, in_chans, num_classes, block=ResidualConvBlock, **kw)

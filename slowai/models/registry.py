@@ -1,0 +1,41 @@
+"""A timm-style model registry: one name -> one factory, so studies can name candidates as strings."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {}
+
+
+def register_model(name: str, description: str = "") -> Callable:
+    """Decorator: make `fn(in_chans=..., num_classes=..., **kw)` creatable as `create_model(name)`."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = (fn, description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def list_models() -> dict[str, str]:
+    """Registered names with a one-line description; `timm/<name>` reaches any timm model too."""
+    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
+
+
+def create_model(name: str, in_chans: int = 1, num_classes: int = 10, **kw) -> nn.Module:
+    """Build a registered model, or any timm model as `timm/<name>`."""
+    if name.startswith("timm/"):
+        import timm
+
+        timm_name = name.removeprefix("timm/")
+        if not timm.is_model(timm_name):
+            raise ValueError(f"unknown timm model {timm_name!r}; see timm.list_models()")
+        return timm.create_model(timm_name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kw)
+    if name not in _REGISTRY:
+        valid = ", ".join(list_models()) + ", timm/<any timm model>"
+        raise ValueError(f"unknown model {name!r}; valid names: {valid}")
+    fn, _ = _REGISTRY[name]
+    return fn(in_chans=in_chans, num_classes=num_classes, **kw)

@@ -1,0 +1,39 @@
+"""Small helpers shared by the training loop, data and studies."""
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else Apple's MPS, else CPU: the device a run uses unless told otherwise."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def to_device(x: Any, device: torch.device | str) -> Any:
+    """Move tensors, nested in lists/tuples/dicts, to `device` without blocking the host."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, Sequence) and not isinstance(x, str):
+        return type(x)(to_device(o, device) for o in x)
+    return x
