@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from slowai.learner import Callback, CancelFitException
+from slowai.utils import in_notebook
 
 COLUMNS = ["Type", "Input shape", "Output shape", "N. params", "MFLOPs/sample"]
 
@@ -186,18 +187,9 @@ def summarize(
     return Summary(rows, total_params, counter.get_total_flops() / n / 1e6, n)
 
 
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
 def show(summary: Summary) -> None:
     """Rendered markdown in a notebook kernel, the aligned text table elsewhere (scripts, logs)."""
-    if _in_notebook():
+    if in_notebook():
         from IPython.display import Markdown, display
 
         display(Markdown(summary.to_markdown()))

@@ -37,3 +37,13 @@ def to_device(x: Any, device: torch.device | str) -> Any:
     if isinstance(x, Sequence) and not isinstance(x, str):
         return type(x)(to_device(o, device) for o in x)
     return x
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel, where tables render as Markdown and fastprogress draws HTML bars."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})

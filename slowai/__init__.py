@@ -1,0 +1,60 @@
+"""slowai: tuned, multi-seed, statistically honest ablation studies for image classifiers."""
+
+from slowai.activations import ActivationStatsCB
+from slowai.callbacks import LRFinderCB, MetricsCB, OneCycleCB, ProgressCB, RecorderCB
+from slowai.data import DataLoaders, TensorLoader, cifar10, fashion_mnist, random_resized_crop_flip, resolve_root
+from slowai.layers import Conv, DoubleConvBlock, GeneralReLU, ResidualConvBlock, init_leaky_weights
+from slowai.learner import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    DeviceCB,
+    Learner,
+    TrainCB,
+)
+from slowai.models import CNN, DeeperCNN, create_model, list_models, register_model
+from slowai.summary import Summary, SummaryCB, summarize
+from slowai.train import evaluate, train_1cycle
+from slowai.utils import default_device, set_seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationStatsCB",
+    "CNN",
+    "Callback",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelFitException",
+    "Conv",
+    "DataLoaders",
+    "DeeperCNN",
+    "DeviceCB",
+    "DoubleConvBlock",
+    "GeneralReLU",
+    "LRFinderCB",
+    "Learner",
+    "MetricsCB",
+    "OneCycleCB",
+    "ProgressCB",
+    "RecorderCB",
+    "ResidualConvBlock",
+    "Summary",
+    "SummaryCB",
+    "TensorLoader",
+    "TrainCB",
+    "cifar10",
+    "create_model",
+    "default_device",
+    "evaluate",
+    "fashion_mnist",
+    "init_leaky_weights",
+    "list_models",
+    "random_resized_crop_flip",
+    "register_model",
+    "resolve_root",
+    "set_seed",
+    "summarize",
+    "train_1cycle",
+]
