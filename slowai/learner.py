@@ -8,7 +8,7 @@ The Learner only sequences events. `fit` runs `before_fit`, then per epoch `befo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 

@@ -1,4 +1,5 @@
 """Small helpers shared by the training loop, data and studies."""
+
 from __future__ import annotations
 
 import random

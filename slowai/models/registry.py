@@ -1,7 +1,8 @@
 """A timm-style model registry: one name -> one factory, so studies can name candidates as strings."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 
