@@ -55,7 +55,7 @@ class ActivationStatsCB(Callback):
         self.handles = []
 
     def series(self, key: str) -> list[torch.Tensor]:
-        """Per layer, the stacked per-batch `mean`/`std` (1-D) or `hist` (batches × bins), on the CPU."""
+        """Per layer, the stacked per-batch `mean`/`std` (1-D) or `hist` (batches × bins), on the CPU (one sync)."""
         return [torch.stack(s[key]).cpu() if s[key] else torch.empty(0) for s in self.stats]
 
     def near_zero_fraction(self) -> list[torch.Tensor]:
@@ -67,8 +67,8 @@ class ActivationStatsCB(Callback):
 
         fig, axs = plt.subplots(1, 2, figsize=(10, 4))
         for name, mean, std in zip(self._labels(), self.series("mean"), self.series("std")):
-            axs[0].plot(mean, label=name)
-            axs[1].plot(std, label=name)
+            axs[0].plot(mean.numpy(), label=name)
+            axs[1].plot(std.numpy(), label=name)
         axs[0].set(title="activation mean", xlabel="batch")
         axs[1].set(title="activation std", xlabel="batch")
         axs[1].legend(fontsize="small")
@@ -82,7 +82,7 @@ class ActivationStatsCB(Callback):
         hists = self.series("hist")
         fig, axs = plt.subplots(1, len(hists), figsize=(2.5 * len(hists), 2.5), squeeze=False)
         for ax, name, h in zip(axs[0], self._labels(), hists):
-            ax.imshow(h.T.log1p(), origin="lower", aspect="auto", extent=(0, len(h), 0, self.hist_max))
+            ax.imshow(h.T.log1p().numpy(), origin="lower", aspect="auto", extent=(0, len(h), 0, self.hist_max))
             ax.set(title=name, xlabel="batch")
         fig.tight_layout()
         return fig
@@ -92,7 +92,7 @@ class ActivationStatsCB(Callback):
 
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for name, frac in zip(self._labels(), self.near_zero_fraction()):
-            ax.plot(frac, label=name)
+            ax.plot(frac.numpy(), label=name)
         ax.set(title="fraction of near-zero activations", xlabel="batch", ylim=(0, 1))
         ax.legend(fontsize="small")
         fig.tight_layout()

@@ -156,8 +156,8 @@ class RecorderCB(Callback):
         self.lrs: list[float] = []
         self.moms: list[float] = []
 
-    def after_batch(self) -> None:
-        if self.learn.training:
+    def before_batch(self) -> None:
+        if self.learn.training:  # before the step, so each entry is the lr this batch trains with
             group = self.learn.opt.param_groups[0]
             self.lrs.append(group["lr"])
             self.moms.append(_momentum(group))
