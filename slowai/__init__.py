@@ -1,5 +1,6 @@
 """slowai: tuned, multi-seed, statistically honest ablation studies for image classifiers."""
 
+from slowai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB, accel_cbs
 from slowai.activations import ActivationStatsCB
 from slowai.callbacks import LRFinderCB, MetricsCB, OneCycleCB, ProgressCB, RecorderCB
 from slowai.data import DataLoaders, TensorLoader, cifar10, fashion_mnist, random_resized_crop_flip, resolve_root
@@ -24,6 +25,8 @@ __all__ = [
     "ActivationStatsCB",
     "CNN",
     "Callback",
+    "ChannelsLastCB",
+    "CompileCB",
     "CancelBatchException",
     "CancelEpochException",
     "CancelFitException",
@@ -36,6 +39,7 @@ __all__ = [
     "LRFinderCB",
     "Learner",
     "MetricsCB",
+    "MixedPrecisionCB",
     "OneCycleCB",
     "ProgressCB",
     "RecorderCB",
@@ -44,6 +48,7 @@ __all__ = [
     "SummaryCB",
     "TensorLoader",
     "TrainCB",
+    "accel_cbs",
     "cifar10",
     "create_model",
     "default_device",
