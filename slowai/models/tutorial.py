@@ -1,6 +1,6 @@
 """The CNN tutorial's CIFAR-10 reference models (GoogleNet, ResNet, PreActResNet, DenseNet), ablatable by activation.
 
-Module and attribute names follow the tutorial's PyTorch code, so its state dicts map onto these models one to one.
+Module and attribute names follow the tutorial's PyTorch code, so its state-dict keys carry over unchanged.
 At 10 classes: GoogleNet 260,650 parameters (259,338 with `bias=False`), ResNet 272,378, PreActResNet 272,250,
 DenseNet 239,146.
 """
@@ -16,7 +16,7 @@ import torch.nn as nn
 from slowai.models.registry import register_model
 
 ACT_FNS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "gelu": nn.GELU}
-# `calculate_gain` knows no "leakyrelu" or "gelu"; GELU is closest to ReLU, so it borrows ReLU's gain.
+# Gain names for `kaiming_normal_`, which knows no "leakyrelu" or "gelu"; GELU is closest to ReLU, so borrows its gain.
 _GAIN_NAME = {"tanh": "tanh", "relu": "relu", "leakyrelu": "leaky_relu", "gelu": "relu"}
 _LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default negative slope
 
@@ -32,7 +32,7 @@ def act_fn_by_name(name: str) -> ActFn:
 
 def init_tutorial_params(model: nn.Module, act: str, mode: str = "fan_in") -> None:
     """Kaiming-normal convs with the gain of `act`, BatchNorm as identity: keeps activations' scale through depth."""
-    act_fn_by_name(act)
+    act_fn_by_name(act)  # reject unknown names before touching any weight
     slope = _LEAKY_SLOPE if act == "leakyrelu" else 0.0
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -64,10 +64,12 @@ class InceptionBlock(nn.Module):
         super().__init__()
         self.conv_1x1 = nn.Sequential(*_conv_bn_act(c_in, c_out["1x1"], 1, act_fn, bias))
         self.conv_3x3 = nn.Sequential(
-            *_conv_bn_act(c_in, c_red["3x3"], 1, act_fn, bias), *_conv_bn_act(c_red["3x3"], c_out["3x3"], 3, act_fn, bias)
+            *_conv_bn_act(c_in, c_red["3x3"], 1, act_fn, bias),
+            *_conv_bn_act(c_red["3x3"], c_out["3x3"], 3, act_fn, bias),
         )
         self.conv_5x5 = nn.Sequential(
-            *_conv_bn_act(c_in, c_red["5x5"], 1, act_fn, bias), *_conv_bn_act(c_red["5x5"], c_out["5x5"], 5, act_fn, bias)
+            *_conv_bn_act(c_in, c_red["5x5"], 1, act_fn, bias),
+            *_conv_bn_act(c_red["5x5"], c_out["5x5"], 5, act_fn, bias),
         )
         self.max_pool = nn.Sequential(
             nn.MaxPool2d(kernel_size=3, padding=1, stride=1), *_conv_bn_act(c_in, c_out["max"], 1, act_fn, bias)
@@ -305,7 +307,7 @@ class DenseNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- registry
-@register_model("googlenet", "tutorial GoogleNet for CIFAR-10 (8 Inception blocks, 260,650 params; bias=False: 259,338)")
+@register_model("googlenet", "tutorial CIFAR-10 GoogleNet, 8 Inception blocks (260,650 params; bias=False: 259,338)")
 def googlenet(in_chans: int = 3, num_classes: int = 10, **kw: Any) -> GoogleNet:
     """Tutorial GoogleNet; accepts act, bias, c_stem."""
     return GoogleNet(in_chans=in_chans, num_classes=num_classes, **kw)
