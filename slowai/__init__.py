@@ -2,7 +2,7 @@
 
 from slowai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB, accel_cbs
 from slowai.activations import ActivationStatsCB
-from slowai.callbacks import LRFinderCB, MetricsCB, OneCycleCB, ProgressCB, RecorderCB
+from slowai.callbacks import LRFinderCB, MetricsCB, MultiStepCB, OneCycleCB, ProgressCB, RecorderCB
 from slowai.data import DataLoaders, TensorLoader, cifar10, fashion_mnist, random_resized_crop_flip, resolve_root
 from slowai.layers import Conv, DoubleConvBlock, GeneralReLU, ResidualConvBlock, init_leaky_weights
 from slowai.learner import (
@@ -16,7 +16,7 @@ from slowai.learner import (
 )
 from slowai.models import CNN, DeeperCNN, create_model, list_models, register_model
 from slowai.summary import Summary, SummaryCB, summarize
-from slowai.train import evaluate, train_1cycle
+from slowai.train import evaluate, fit_with_schedule, train_1cycle, train_multistep
 from slowai.utils import default_device, set_seed
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "Learner",
     "MetricsCB",
     "MixedPrecisionCB",
+    "MultiStepCB",
     "OneCycleCB",
     "ProgressCB",
     "RecorderCB",
@@ -54,6 +55,7 @@ __all__ = [
     "default_device",
     "evaluate",
     "fashion_mnist",
+    "fit_with_schedule",
     "init_leaky_weights",
     "list_models",
     "random_resized_crop_flip",
@@ -62,4 +64,5 @@ __all__ = [
     "set_seed",
     "summarize",
     "train_1cycle",
+    "train_multistep",
 ]

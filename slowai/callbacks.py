@@ -9,7 +9,7 @@ import warnings
 from typing import Any
 
 from fastprogress.fastprogress import master_bar, progress_bar
-from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.lr_scheduler import MultiStepLR, OneCycleLR
 
 with warnings.catch_warnings():  # torcheval's import calls the deprecated torch.jit.script
     warnings.simplefilter("ignore", FutureWarning)
@@ -140,6 +140,25 @@ class OneCycleCB(Callback):
     def after_step(self) -> None:
         if self.sched.last_epoch < self.sched.total_steps:
             self.sched.step()
+
+
+class MultiStepCB(Callback):
+    """Multiply the lr by `gamma` at fractions `milestones` of the fit (the tutorial's ×0.1 at 60% and 85%)."""
+
+    order = OneCycleCB.order
+
+    def __init__(self, milestones: tuple[float, ...] = (0.6, 0.85), gamma: float = 0.1) -> None:
+        if not all(0 < m < 1 for m in milestones):
+            raise ValueError(f"milestones are fractions of training in (0, 1), got {milestones}")
+        self.milestones, self.gamma = milestones, gamma
+
+    def before_fit(self) -> None:
+        total = self.learn.n_epochs * len(self.learn.dls.train)
+        steps = sorted({round(m * total) for m in self.milestones})
+        self.sched = MultiStepLR(self.learn.opt, milestones=steps, gamma=self.gamma)
+
+    def after_step(self) -> None:
+        self.sched.step()
 
 
 def _momentum(group: dict[str, Any]) -> float:

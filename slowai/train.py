@@ -1,16 +1,21 @@
-"""Ready-made recipes over the Learner: the seed's one-cycle AdamW training and a sync-free evaluation."""
+"""Ready-made recipes over the Learner (one-cycle AdamW, the tutorial's multi-step SGD) and a sync-free evaluation."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slowai.callbacks import MetricsCB, OneCycleCB, ProgressCB
+from slowai.callbacks import MetricsCB, MultiStepCB, OneCycleCB, ProgressCB
 from slowai.learner import Callback, DeviceCB, Learner
+
+# The CIFAR-10 tutorial's optimizers: SGD for its ResNets, AdamW for GoogleNet and DenseNet.
+TUTORIAL_SGD = partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-4)
+TUTORIAL_ADAMW = partial(torch.optim.AdamW, weight_decay=1e-4)
 
 
 def train_1cycle(
@@ -28,11 +33,43 @@ def train_1cycle(
 
     Metrics (`learn.cb(MetricsCB).history`) and, with `progress`, the bars and per-epoch table come built in.
     """
+    return fit_with_schedule(model, dls, OneCycleCB(), lr, n_epochs, opt_func, cbs, loss_func, progress, device)
+
+
+def train_multistep(
+    model: nn.Module,
+    dls: Any,
+    lr: float = 0.1,
+    n_epochs: int = 200,
+    opt_func: Callable[..., torch.optim.Optimizer] = TUTORIAL_SGD,
+    milestones: tuple[float, ...] = (0.6, 0.85),
+    cbs: Sequence[Callback] = (),
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> Learner:
+    """The CIFAR-10 tutorial's recipe: constant lr, ×0.1 at 60% and 85% of training (SGD for its ResNets)."""
+    schedule = MultiStepCB(milestones)
+    return fit_with_schedule(model, dls, schedule, lr, n_epochs, opt_func, cbs, F.cross_entropy, progress, device)
+
+
+def fit_with_schedule(
+    model: nn.Module,
+    dls: Any,
+    schedule: Callback,
+    lr: float,
+    n_epochs: int,
+    opt_func: Callable[..., torch.optim.Optimizer],
+    cbs: Sequence[Callback] = (),
+    loss_func: Callable[..., torch.Tensor] = F.cross_entropy,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> Learner:
+    """Fit with metrics, an lr `schedule` callback and optional progress output; Fashion-MNIST when `dls` is None."""
     if dls is None:
         from slowai.data import fashion_mnist
 
         dls = fashion_mnist(bs=512, device=device)
-    base: list[Callback] = [DeviceCB(device if device is not None else dls.device), MetricsCB(), OneCycleCB()]
+    base: list[Callback] = [DeviceCB(device if device is not None else dls.device), MetricsCB(), schedule]
     if progress:
         base.append(ProgressCB())
     learn = Learner(model, dls, loss_func, lr=lr, cbs=[*base, *cbs], opt_func=opt_func)

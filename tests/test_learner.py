@@ -16,6 +16,7 @@ from slowai import (
     DataLoaders,
     Learner,
     MetricsCB,
+    MultiStepCB,
     OneCycleCB,
     ProgressCB,
     RecorderCB,
@@ -256,3 +257,13 @@ def test_train_1cycle_learns_fashion_mnist_slice():
     valid = learn.cb(MetricsCB).valid_history[-1]
     assert valid["accuracy"] > 0.6  # chance is 0.1
     assert evaluate(learn.model, dls.test)["accuracy"] > 0.6
+
+
+def test_multistep_divides_the_lr_at_60_and_85_percent():
+    rec = RecorderCB()
+    learn = Learner(toy_model(), toy_dls(n=64, bs=4), lr=0.1, cbs=[MultiStepCB(), rec])
+    learn.fit(5, valid=False)  # 80 batches: milestones at batches 48 and 68
+    lrs = torch.tensor(rec.lrs)
+    assert lrs[:48].eq(0.1).all()
+    assert lrs[48:68] == pytest.approx(torch.full((20,), 0.01))
+    assert lrs[68:] == pytest.approx(torch.full((12,), 0.001))
