@@ -15,6 +15,7 @@ from slowai.learner import (
     TrainCB,
 )
 from slowai.models import CNN, DeeperCNN, create_model, list_models, register_model
+from slowai.study import Budget, Candidate, StudyError, StudyResult, StudySpec, run_study
 from slowai.summary import Summary, SummaryCB, summarize
 from slowai.train import evaluate, fit_with_schedule, train_1cycle, train_multistep
 from slowai.utils import default_device, set_seed
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStatsCB",
+    "Budget",
     "CNN",
     "Callback",
     "ChannelsLastCB",
@@ -30,6 +32,7 @@ __all__ = [
     "CancelBatchException",
     "CancelEpochException",
     "CancelFitException",
+    "Candidate",
     "Conv",
     "DataLoaders",
     "DeeperCNN",
@@ -45,6 +48,9 @@ __all__ = [
     "ProgressCB",
     "RecorderCB",
     "ResidualConvBlock",
+    "StudyError",
+    "StudyResult",
+    "StudySpec",
     "Summary",
     "SummaryCB",
     "TensorLoader",
@@ -61,6 +67,7 @@ __all__ = [
     "random_resized_crop_flip",
     "register_model",
     "resolve_root",
+    "run_study",
     "set_seed",
     "summarize",
     "train_1cycle",

@@ -1,0 +1,31 @@
+"""Tuned, multi-seed studies: Optuna per candidate, seed-repeated confirmation on test, honest statistics."""
+
+from slowai.study.cli import build_parser, main
+from slowai.study.report import StudyResult, collect, write_report
+from slowai.study.runner import PruningCB, Runner, run_study
+from slowai.study.spec import Budget, Candidate, StudyError, StudySpec, default_space
+from slowai.study.stats import DiffCI, MeanCI, mean_ci, welch_diff
+from slowai.study.tracking import Tracker, WandbCB, read_offline_run
+
+__all__ = [
+    "Budget",
+    "Candidate",
+    "DiffCI",
+    "MeanCI",
+    "PruningCB",
+    "Runner",
+    "StudyError",
+    "StudyResult",
+    "StudySpec",
+    "Tracker",
+    "WandbCB",
+    "build_parser",
+    "collect",
+    "default_space",
+    "main",
+    "mean_ci",
+    "read_offline_run",
+    "run_study",
+    "welch_diff",
+    "write_report",
+]

@@ -1,0 +1,151 @@
+"""The shared command line of every study script, so a study file only names its candidates.
+
+Bad input ends as one `error: ...` line on stderr and exit status 2, before any file or storage is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import optuna
+
+from slowai.data import DatasetNotFoundError
+from slowai.study.spec import (
+    DATASETS,
+    PRUNERS,
+    WANDB_MODES,
+    Candidate,
+    SearchSpace,
+    StudyError,
+    StudySpec,
+    default_space,
+)
+
+EXIT_USAGE = 2
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (trials, seeds, epochs)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def build_parser(name: str, candidates: Sequence[str | Candidate], description: str = "") -> argparse.ArgumentParser:
+    """Every study's flags; defaults: all `candidates`, Fashion-MNIST, an automatic budget that fits the hour."""
+    names = [c.name if isinstance(c, Candidate) else c for c in candidates]
+    p = argparse.ArgumentParser(
+        prog=f"python -m studies.{name}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--dataset", choices=DATASETS, default="fashion_mnist", help="dataset (default: %(default)s)")
+    a(
+        "--candidates",
+        nargs="+",
+        default=names,
+        metavar="NAME",
+        help=f"candidates to compare (default: {' '.join(names)}); any registry name or timm/<model> is accepted",
+    )
+    a("--reference", help="candidate the others are compared against (default: plain if present, else the first)")
+    a("--trials", type=positive_int, help="Optuna trials per candidate (default: from the automatic plan)")
+    a("--epochs", type=positive_int, help="epochs per trial, in both stages (default: from the automatic plan)")
+    a("--seeds", type=positive_int, help="confirm seeds per candidate (default: from the automatic plan, 3 on CPU)")
+    a("--subset", type=positive_int, help="training images used while tuning (default: from the plan)")
+    a("--pruner", choices=PRUNERS, default="median", help="early stopping of bad tune trials (default: %(default)s)")
+    a(
+        "--storage",
+        help="Optuna storage: a journal file path or URL such as postgresql://... (default: <out>/optuna.journal)",
+    )
+    a("--study-name", help=f"name of the (resumable) study (default: {name}-<dataset>[-quick])")
+    a("--out", help="output directory (default: runs/<study-name>)")
+    a("--data-root", help="directory holding the dataset (default: $SLOWAI_DATA, system locations, cache)")
+    a("--device", help="torch device (default: cuda if available, else cpu)")
+    a(
+        "--wandb",
+        choices=WANDB_MODES,
+        default="auto",
+        help="W&B mode; auto honours WANDB_MODE, else online with credentials, else offline (default: %(default)s)",
+    )
+    a("--wandb-project", default="slowai", help="W&B project (default: %(default)s)")
+    a(
+        "--time-budget",
+        type=float,
+        default=50.0,
+        metavar="MIN",
+        help="minutes the automatic plan aims for (default: %(default)s)",
+    )
+    a("--seed", type=int, default=0, help="base seed of samplers and confirm runs (default: %(default)s)")
+    a("--quick", action="store_true", help="smoke run: 512 images, 1 epoch, 2 trials, 2 seeds (a few minutes)")
+    a("--plan-only", action="store_true", help="print the plan and estimated time, then exit")
+    a("--no-progress", action="store_true", help="no progress bars or per-trial lines")
+    return p
+
+
+def _candidates(requested: Sequence[str], known: Sequence[str | Candidate]) -> list[Candidate]:
+    """Predefined candidates by name; any other name is a registry model."""
+    by_name = {c.name: c for c in known if isinstance(c, Candidate)}
+    return [by_name.get(n, Candidate(n, n)) if n not in by_name else by_name[n] for n in requested]
+
+
+def main(
+    name: str,
+    candidates: Sequence[str | Candidate],
+    argv: Sequence[str] | None = None,
+    description: str = "",
+    space: SearchSpace = default_space,
+    reference: str | None = None,
+) -> int:
+    """Parse `argv`, run the study, return the exit status (0, or 2 with one `error:` line on stderr)."""
+    from slowai.study.runner import run_study
+
+    args = build_parser(name, candidates, description).parse_args(argv)
+    study_name = args.study_name or f"{name}-{args.dataset}" + ("-quick" if args.quick else "")
+    try:
+        spec = StudySpec(
+            name=study_name,
+            candidates=_candidates(args.candidates, candidates),
+            dataset=args.dataset,
+            space=space,
+            reference=args.reference or reference,
+            pruner=args.pruner,
+            storage=args.storage,
+            out=args.out,
+            data_root=args.data_root,
+            device=args.device,
+            wandb=args.wandb,
+            wandb_project=args.wandb_project,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+        run_study(
+            spec,
+            quick=args.quick,
+            time_budget_s=args.time_budget * 60,
+            plan_only=args.plan_only,
+            trials=args.trials,
+            seeds=args.seeds,
+            tune_epochs=args.epochs,
+            confirm_epochs=args.epochs,
+            tune_subset=args.subset,
+        )
+    except DatasetNotFoundError as e:
+        tried = ", ".join(map(str, e.tried))
+        return _fail(f"{args.dataset} data not found (looked in: {tried}); point --data-root at it")
+    except (StudyError, optuna.exceptions.OptunaError) as e:
+        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+        return _fail("interrupted; the running trial was marked FAIL, rerun the same command to resume", 130)
+    return 0
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,154 @@
+"""Budget planning: measure each candidate's throughput on a few batches, then pick the biggest budget that fits.
+
+Why: "finishes within the hour" must hold on a 2-core laptop and a GPU alike, so the default budget is chosen from a
+ladder of presets by an estimate from real measurements on this machine, and the plan is printed before any work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from slowai.data import DataLoaders
+from slowai.study.spec import Budget, Candidate
+
+# Biggest first. CPU presets keep a 60-minute default possible on two cores; GPU presets are tried first on CUDA.
+CPU_PRESETS = (
+    Budget(trials=8, tune_epochs=2, tune_subset=10_000, seeds=3, confirm_epochs=3, confirm_subset=None),
+    Budget(trials=6, tune_epochs=2, tune_subset=10_000, seeds=3, confirm_epochs=3, confirm_subset=None),
+    Budget(trials=6, tune_epochs=2, tune_subset=5_000, seeds=3, confirm_epochs=2, confirm_subset=20_000),
+    Budget(trials=5, tune_epochs=2, tune_subset=5_000, seeds=3, confirm_epochs=2, confirm_subset=10_000),
+    Budget(trials=4, tune_epochs=2, tune_subset=2_500, seeds=3, confirm_epochs=2, confirm_subset=5_000),
+)
+GPU_PRESETS = (
+    Budget(trials=24, tune_epochs=5, tune_subset=None, seeds=5, confirm_epochs=10, confirm_subset=None),
+    Budget(trials=16, tune_epochs=3, tune_subset=None, seeds=5, confirm_epochs=5, confirm_subset=None),
+    Budget(trials=12, tune_epochs=3, tune_subset=20_000, seeds=3, confirm_epochs=5, confirm_subset=None),
+)
+QUICK = Budget(trials=2, tune_epochs=1, tune_subset=512, seeds=2, confirm_epochs=1, confirm_subset=512, bs=64)
+RUN_OVERHEAD_S = 2.5  # per trial: model build, W&B run start/finish, storage writes (measured on the 2-core CPU)
+PRUNED_FRACTION = 0.75  # a pruned tune trial stops early; with median pruning about a third of them do
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Images per second of one candidate: a training step (forward+backward+AdamW) and an eval forward."""
+
+    train_ips: float
+    eval_ips: float
+
+
+def probe(candidate: Candidate, dls: DataLoaders, n_batches: int = 2, **model_kw: Any) -> Throughput:
+    """Time `n_batches` train steps and one eval batch after two warm-up steps (seconds per candidate)."""
+    model = candidate.build(dls.input_shape[0], dls.n_classes, **model_kw).to(dls.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    xb, yb = dls.train.one_batch()
+
+    def step() -> None:
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    step()  # warm-up: allocator, kernel selection
+    step()
+    _sync(dls.device)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        step()
+    _sync(dls.device)
+    train_s = (time.perf_counter() - t0) / n_batches
+    model.eval()
+    with torch.no_grad():
+        model(xb)
+        _sync(dls.device)
+        t0 = time.perf_counter()
+        model(xb)
+        _sync(dls.device)
+    return Throughput(len(xb) / train_s, len(xb) / max(time.perf_counter() - t0, 1e-6))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    """Images per split for each stage (what `subset` leaves of the dataset)."""
+
+    tune_train: int
+    tune_valid: int
+    confirm_train: int
+    confirm_valid: int
+    confirm_test: int
+
+
+def sizes_for(budget: Budget, full_train: int, full_valid: int, full_test: int) -> DataSizes:
+    """Split sizes under `budget`'s subsets, with the data module's subset rule (valid/test keep subset // 5)."""
+
+    def cut(subset: int | None) -> tuple[int, int, int]:
+        if subset is None:
+            return full_train, full_valid, full_test
+        k = max(subset // 5, 1)
+        return min(subset, full_train), min(k, full_valid), min(k, full_test)
+
+    tt, tv, _ = cut(budget.tune_subset)
+    ct, cv, cte = cut(budget.confirm_subset)
+    return DataSizes(tt, tv, ct, cv, cte)
+
+
+@dataclass
+class Estimate:
+    """Seconds per stage and candidate for the remaining work; `total` is what the plan prints."""
+
+    tune: dict[str, float] = field(default_factory=dict)
+    confirm: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.tune.values()) + sum(self.confirm.values())
+
+    def per_trial(self, stage: str, candidate: str, n: int) -> float:
+        d = self.tune if stage == "tune" else self.confirm
+        return d.get(candidate, 0.0) / max(n, 1)
+
+
+def estimate(
+    budget: Budget,
+    sizes: DataSizes,
+    speed: dict[str, Throughput],
+    pruner: str,
+    todo: dict[str, tuple[int, int]] | None = None,
+) -> Estimate:
+    """Seconds for the work left: `todo[candidate] = (tune trials, confirm seeds)` still to run (all by default)."""
+    est = Estimate()
+    for name, tp in speed.items():
+        n_tune, n_conf = todo[name] if todo is not None else (budget.trials, budget.seeds)
+        tune_epoch = sizes.tune_train / tp.train_ips + sizes.tune_valid / tp.eval_ips
+        conf_epoch = sizes.confirm_train / tp.train_ips + sizes.confirm_valid / tp.eval_ips
+        shrink = PRUNED_FRACTION if pruner != "none" and budget.tune_epochs > 1 else 1.0
+        est.tune[name] = n_tune * (budget.tune_epochs * tune_epoch * shrink + RUN_OVERHEAD_S)
+        test_s = sizes.confirm_test / tp.eval_ips
+        est.confirm[name] = n_conf * (budget.confirm_epochs * conf_epoch + test_s + RUN_OVERHEAD_S)
+    return est
+
+
+def choose_budget(presets: tuple[Budget, ...], fits: Any, target_s: float) -> tuple[Budget, bool]:
+    """The first preset whose estimated seconds (`fits(budget)`) is within `target_s`; else the smallest one."""
+    for b in presets:
+        if fits(b) <= target_s:
+            return b, True
+    return presets[-1], False
+
+
+def fmt_seconds(s: float) -> str:
+    """'45 s', '12 min', '1 h 05 min'."""
+    if s < 90:
+        return f"{s:.0f} s"
+    m = round(s / 60)
+    return f"{m} min" if m < 60 else f"{m // 60} h {m % 60:02d} min"

@@ -1,0 +1,342 @@
+"""Turning the storage into an answer: per-candidate statistics, report.md, CSV/JSON rows and plots.
+
+Everything here reads the Optuna storage only (no in-process state), so a report can be rebuilt at any time, by any
+worker, from whatever has finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from slowai.study import storage as st
+from slowai.study.spec import Candidate
+from slowai.study.stats import DiffCI, MeanCI, mean_ci, welch_diff
+from slowai.summary import Summary, summarize
+
+INPUT_SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+N_CLASSES = 10
+
+
+@dataclass
+class CandidateResult:
+    """The confirmed numbers of one candidate (test accuracy over seeds) and what they cost."""
+
+    name: str
+    runs: list[FrozenTrial]
+    best: FrozenTrial | None
+    tune_counts: dict[str, int]
+    acc: MeanCI | None = None
+    diff: DiffCI | None = None
+    params: int = 0
+    mflops: float = 0.0
+    seconds_per_epoch: float = math.nan
+    wall_s: float = math.nan
+
+    @property
+    def accs(self) -> list[float]:
+        return [float(t.user_attrs["test_accuracy"]) for t in self.runs]
+
+
+@dataclass
+class StudyResult:
+    """All candidates of a study as read from the storage; `.rows` are the confirm runs (one per seed)."""
+
+    name: str
+    dataset: str
+    reference: str
+    storage_url: str
+    candidates: list[CandidateResult]
+    storage: Any = field(repr=False, default=None)
+
+    def optuna_study(self, candidate: str, stage: str = "tune") -> optuna.Study:
+        """The underlying Optuna study, e.g. for `.trials_dataframe()` or optuna.visualization."""
+        return optuna.load_study(study_name=st.optuna_name(self.name, candidate, stage), storage=self.storage)
+
+    def trials_dataframe(self, stage: str = "tune") -> Any:
+        """One pandas frame of every candidate's trials of `stage` (Optuna's own `trials_dataframe`, concatenated)."""
+        import pandas as pd
+
+        frames = []
+        for c in self.candidates:
+            try:
+                frames.append(self.optuna_study(c.name, stage).trials_dataframe().assign(candidate=c.name))
+            except KeyError:  # no such Optuna study yet
+                continue
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat dict per confirm run: what results.csv/json hold."""
+        return [_row(self, c, t) for c in self.candidates for t in c.runs]
+
+
+def _row(res: StudyResult, c: CandidateResult, t: FrozenTrial) -> dict[str, Any]:
+    a = t.user_attrs
+    return {
+        "study": res.name,
+        "dataset": res.dataset,
+        "candidate": c.name,
+        "seed": a.get("seed"),
+        "trial": t.number,
+        "test_accuracy": a.get("test_accuracy"),
+        "test_loss": a.get("test_loss"),
+        "best_valid_accuracy": a.get("best_valid_accuracy"),
+        "params": a.get("params"),
+        "mflops": a.get("mflops"),
+        "seconds_per_epoch": a.get("seconds_per_epoch"),
+        "wall_time_s": a.get("wall_time_s"),
+        "wandb_run_id": a.get("wandb_run_id"),
+        "git_commit": a.get("git_commit"),
+        **{f"hp_{k}": v for k, v in t.params.items()},
+    }
+
+
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def collect(storage: Any, name: str, candidates: list[str], reference: str, dataset: str, url: str) -> StudyResult:
+    """Read tune/confirm trials of every candidate; confirm runs count only if they used the current best params."""
+    names = st.existing_names(storage)
+    out = []
+    for cand in candidates:
+        tn, cn = (st.optuna_name(name, cand, s) for s in st.STAGES)
+        tune = optuna.load_study(study_name=tn, storage=storage).get_trials() if tn in names else []
+        complete = [t for t in tune if t.state == TrialState.COMPLETE]
+        best = max(complete, key=lambda t: t.value) if complete else None
+        runs: list[FrozenTrial] = []
+        if best is not None and cn in names:
+            key = st.confirm_key(best.params)
+            conf = optuna.load_study(study_name=cn, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+            by_seed = {t.user_attrs["seed"]: t for t in conf if t.user_attrs.get("params_key") == key}
+            runs = [by_seed[s] for s in sorted(by_seed)]
+        counts = {
+            s.name.lower(): sum(t.state == s for t in tune) for s in TrialState if any(t.state == s for t in tune)
+        }
+        r = CandidateResult(cand, runs, best, counts)
+        if runs:
+            r.acc = mean_ci(r.accs)
+            r.params, r.mflops = int(runs[0].user_attrs["params"]), float(runs[0].user_attrs["mflops"])
+            r.seconds_per_epoch = _mean([t.user_attrs.get("seconds_per_epoch") for t in runs])
+            r.wall_s = _mean([t.user_attrs.get("wall_time_s") for t in runs])
+        out.append(r)
+    ref = next((c for c in out if c.name == reference), None)
+    for c in out:
+        if ref is not None and ref.runs and c.runs and c.name != reference:
+            c.diff = welch_diff(c.accs, ref.accs)
+    return StudyResult(name, dataset, reference, url, out, storage)
+
+
+# ------------------------------------------------------------------------------------------- tables
+def _pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+
+
+def _signed(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:+.2f}"
+
+
+def _hp(best: FrozenTrial | None) -> str:
+    if best is None:
+        return "n/a"
+    return ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+
+
+HEADERS = ["candidate", "n", "test acc % (95% CI)", "Δ vs ref (95% CI)", "p", "params", "MFLOPs", "s/epoch", "best hp"]
+
+
+def table_rows(res: StudyResult) -> list[list[str]]:
+    """The comparison table as strings, one row per candidate (reference first)."""
+    order = sorted(res.candidates, key=lambda c: c.name != res.reference)
+    rows = []
+    for c in order:
+        if c.acc is None:
+            acc = "not confirmed yet"
+        elif c.acc.n < 2:
+            acc = _pct(c.acc.mean)
+        else:
+            acc = f"{_pct(c.acc.mean)} ± {100 * c.acc.half_width:.2f}"
+        if c.name == res.reference:
+            delta, p = "reference", ""
+        elif c.diff is None:
+            delta, p = "n/a", ""
+        else:
+            ci = "" if math.isnan(c.diff.lo) else f" [{_signed(c.diff.lo)}, {_signed(c.diff.hi)}]"
+            delta, p = f"{_signed(c.diff.delta)}{ci}", "n/a" if math.isnan(c.diff.p) else f"{c.diff.p:.3g}"
+        spe = "n/a" if math.isnan(c.seconds_per_epoch) else f"{c.seconds_per_epoch:.1f}"
+        rows.append([c.name, str(len(c.runs)), acc, delta, p, f"{c.params:,}", f"{c.mflops:.1f}", spe, _hp(c.best)])
+    return rows
+
+
+def markdown_table(res: StudyResult) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table_rows(res)])
+
+
+def text_table(res: StudyResult) -> str:
+    """The same table aligned for a terminal."""
+    rows = [HEADERS, *table_rows(res)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# ------------------------------------------------------------------------------------------- files
+def slug(name: str) -> str:
+    """'timm/resnet18' -> 'timm-resnet18' for file names."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def write_rows(res: StudyResult, out: Path) -> None:
+    rows = res.rows
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["candidate"]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+
+
+def model_summaries(res: StudyResult, candidates: list[Candidate]) -> dict[str, Summary]:
+    """Per-layer summaries (cheap: one traced forward on a random batch of the dataset's input shape)."""
+    shape = INPUT_SHAPES[res.dataset]
+    return {c.name: summarize(c.build(shape[0], N_CLASSES), input_shape=shape) for c in candidates}
+
+
+def write_report(
+    res: StudyResult,
+    out: Path,
+    candidates: list[Candidate],
+    plan_text: str = "",
+    sync_command: str | None = None,
+    wandb_project: str | None = None,
+) -> Path:
+    """report.md + results.csv/json + plots in `out`; returns the report path."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows(res, out)
+    plots = make_plots(res, out)
+    summaries = model_summaries(res, candidates)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        f"# Study `{res.name}` on {res.dataset}",
+        f"_Generated {now}. Test accuracy over confirm seeds; reference: `{res.reference}`._",
+        "## Comparison",
+        markdown_table(res),
+        "Test accuracy in %, mean ± half-width of the 95% t-interval over seeds (n). Δ is candidate minus reference "
+        "in accuracy points with its Welch 95% CI; p is Welch's two-sided t-test. MFLOPs are per sample (forward), "
+        "s/epoch is the mean training-epoch time of the confirm runs. Best hp: the tuned hyperparameters retrained.",
+        "## Tuning",
+        "\n".join(
+            f"- `{c.name}`: {_counts(c)}; best valid acc {_pct(c.best.value if c.best else math.nan)} %"
+            for c in res.candidates
+        ),
+    ]
+    if plan_text:
+        parts += ["## Plan", f"```\n{plan_text}\n```"]
+    parts += ["## Plots", *(f"![{p.stem}]({p.name})" for p in plots)]
+    parts += ["## Model summaries", *(f"### {k}\n\n{s.to_markdown()}" for k, s in summaries.items())]
+    parts += [
+        "## Where the trials are",
+        f"```\n{st.cli_hint(res.storage_url)}\n"
+        f"optuna trials --study-name '{st.optuna_name(res.name, res.reference, 'tune')}' "
+        f"--storage {res.storage_url}\n```",
+    ]
+    if sync_command or wandb_project:
+        wb = [f"W&B project `{wandb_project}`, group `{res.name}`; one run per trial."] if wandb_project else []
+        if sync_command:
+            wb.append(f"Runs were written offline; upload them with:\n\n```\n{sync_command}\n```")
+        parts += ["## W&B", *wb]
+    path = out / "report.md"
+    path.write_text("\n\n".join(parts) + "\n")
+    return path
+
+
+def _counts(c: CandidateResult) -> str:
+    return ", ".join(f"{n} {k}" for k, n in c.tune_counts.items()) or "no trials"
+
+
+# ------------------------------------------------------------------------------------------- plots
+def make_plots(res: StudyResult, out: Path) -> list[Path]:
+    """Accuracy vs cost, learning curves, and Optuna's history/importance plots; a plot that cannot be drawn
+    (e.g. importances from one trial) is skipped rather than failing the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fn in (_plot_cost, _plot_curves):
+        fig = fn(res, plt)
+        if fig is not None:
+            paths.append(_save(fig, out / f"{fn.__name__.removeprefix('_plot_')}.png", plt))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c in res.candidates:
+            for kind in ("history", "importance"):
+                try:
+                    study = res.optuna_study(c.name, "tune")
+                    vis = optuna.visualization.matplotlib
+                    fn = vis.plot_optimization_history if kind == "history" else vis.plot_param_importances
+                    ax = fn(study)
+                    ax.set_title(f"{c.name}: {ax.get_title()}")
+                    paths.append(_save(ax.figure, out / f"optuna_{kind}_{slug(c.name)}.png", plt))
+                except Exception:  # noqa: BLE001 - too few trials for this plot
+                    plt.close("all")
+    return paths
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_cost(res: StudyResult, plt: Any) -> Any:
+    done = [c for c in res.candidates if c.acc is not None]
+    if not done:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (xlabel, xs) in zip(
+        axes, [("parameters", [c.params for c in done]), ("wall time per confirm run (s)", [c.wall_s for c in done])]
+    ):
+        for c, x in zip(done, xs):
+            err = 0 if math.isnan(c.acc.half_width) else 100 * c.acc.half_width
+            ax.errorbar(x, 100 * c.acc.mean, yerr=err, fmt="o", capsize=4, label=c.name)
+            ax.annotate(c.name, (x, 100 * c.acc.mean), textcoords="offset points", xytext=(6, 6))
+        ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy % (95% CI)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("accuracy vs size")
+    axes[1].set_title("accuracy vs time")
+    return fig
+
+
+def _plot_curves(res: StudyResult, plt: Any) -> Any:
+    done = [c for c in res.candidates if c.runs]
+    if not done:
+        return None
+    fig, axes = plt.subplots(1, len(done), figsize=(4 * len(done), 3.5), squeeze=False, sharey=True)
+    for ax, c in zip(axes[0], done):
+        for t in c.runs:
+            h = t.user_attrs.get("history", [])
+            ax.plot(
+                [r["epoch"] + 1 for r in h],
+                [100 * (r.get("valid_accuracy") or 0) for r in h],
+                "o-",
+                label=f"seed {t.user_attrs['seed']}",
+            )
+        ax.set(title=c.name, xlabel="epoch", ylabel="valid accuracy %")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return fig

@@ -1,0 +1,198 @@
+"""What a study is: named candidates, a define-by-run search space, a dataset and a budget, all validated up front.
+
+Why validate here: a study runs for an hour, so every bad value (unknown model, trials < 1, ...) must fail in the
+first second with one clear line, before any output directory or storage is created.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch.nn as nn
+
+from slowai.models import create_model, list_models
+
+DATASETS = ("fashion_mnist", "cifar10")
+PRUNERS = ("none", "median", "hyperband")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+OPTIMIZER_KEYS = ("lr", "weight_decay")  # every other key a search space returns goes to the model factory
+
+SearchSpace = Callable[[optuna.Trial], dict[str, Any]]
+
+
+class StudyError(ValueError):
+    """A bad study setting or state, reported to the user as one line (the CLI exits with status 2)."""
+
+
+def default_space(trial: optuna.Trial) -> dict[str, Any]:
+    """AdamW's peak one-cycle lr and weight decay, both log-uniform: the two knobs every candidate needs tuned."""
+    return {
+        "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
+    }
+
+
+def check_model_name(model: str) -> None:
+    """Raise StudyError unless `model` is a registered name or an existing `timm/<name>` (no model is built)."""
+    if model.startswith("timm/"):
+        import timm
+
+        if not timm.is_model(model.removeprefix("timm/")):
+            raise StudyError(f"unknown timm model {model.removeprefix('timm/')!r} (see timm.list_models())")
+        return
+    if model not in list_models():
+        raise StudyError(f"unknown candidate model {model!r}; valid: {', '.join(list_models())}, timm/<name>")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One arm of the comparison: a registry model name plus fixed model kwargs (e.g. `act=nn.ReLU`)."""
+
+    name: str
+    model: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self, in_chans: int, num_classes: int, **tuned: Any) -> nn.Module:
+        """A fresh model; `tuned` are model kwargs drawn by the search space."""
+        return create_model(self.model, in_chans=in_chans, num_classes=num_classes, **{**self.kwargs, **tuned})
+
+    def describe(self) -> dict[str, str]:
+        """JSON-safe description for storage attrs and W&B config (kwargs such as classes become their names)."""
+        return {"model": self.model, **{k: _describe(v) for k, v in self.kwargs.items()}}
+
+
+def _describe(v: Any) -> str:
+    return getattr(v, "__name__", None) or repr(v)
+
+
+def as_candidates(cands: Sequence[str | Candidate] | Mapping[str, Candidate]) -> list[Candidate]:
+    """Names or Candidates → validated Candidates with unique names (a plain name is `Candidate(name, name)`)."""
+    items = list(cands.values()) if isinstance(cands, Mapping) else list(cands)
+    out = [c if isinstance(c, Candidate) else Candidate(str(c), str(c)) for c in items]
+    if not out:
+        raise StudyError("a study needs at least one candidate")
+    names = [c.name for c in out]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise StudyError(f"duplicate candidate names: {', '.join(dup)}")
+    for c in out:
+        check_model_name(c.model)
+    return out
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each stage gets; `None` subsets mean the full split. Same for every candidate: a fair race."""
+
+    trials: int = 6
+    tune_epochs: int = 2
+    tune_subset: int | None = 10_000
+    seeds: int = 3
+    confirm_epochs: int = 3
+    confirm_subset: int | None = None
+    bs: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("trials", "tune_epochs", "seeds", "confirm_epochs", "bs"):
+            if int(getattr(self, name)) < 1:
+                raise StudyError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        for name in ("tune_subset", "confirm_subset"):
+            v = getattr(self, name)
+            if v is not None and v < 10:
+                raise StudyError(f"{name.replace('_', ' ')} must be >= 10 images or None (full data), got {v}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed study must keep (more trials or seeds may be added, the rest must match)."""
+        d = asdict(self)
+        del d["trials"], d["seeds"]
+        return d
+
+    def with_(self, **kw: Any) -> Budget:
+        """A copy with the non-None values of `kw` replaced."""
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass
+class StudySpec:
+    """Everything that defines one study run; `validate()` checks it without touching the disk or the network."""
+
+    name: str
+    candidates: list[Candidate]
+    dataset: str = "fashion_mnist"
+    budget: Budget = field(default_factory=Budget)
+    space: SearchSpace = default_space
+    reference: str | None = None
+    pruner: str = "median"
+    storage: str | None = None
+    out: Path | None = None
+    data_root: str | None = None
+    device: str | None = None
+    wandb: str = "auto"
+    wandb_project: str = "slowai"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.candidates = as_candidates(self.candidates)
+        self.validate()
+
+    def validate(self) -> None:
+        """One StudyError naming the first bad setting."""
+        if not _NAME_RE.match(self.name):
+            raise StudyError(f"study name {self.name!r} must be letters, digits, '_', '-' or '.'")
+        if self.dataset not in DATASETS:
+            raise StudyError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        if self.pruner not in PRUNERS:
+            raise StudyError(f"unknown pruner {self.pruner!r}; valid: {', '.join(PRUNERS)}")
+        if self.wandb not in WANDB_MODES:
+            raise StudyError(f"unknown W&B mode {self.wandb!r}; valid: {', '.join(WANDB_MODES)}")
+        names = [c.name for c in self.candidates]
+        if self.reference is None:
+            self.reference = "plain" if "plain" in names else names[0]
+        if self.reference not in names:
+            raise StudyError(f"reference {self.reference!r} is not a candidate ({', '.join(names)})")
+        if self.device is not None:
+            _check_device(self.device)
+
+    @property
+    def out_dir(self) -> Path:
+        """`out`, else `runs/<study name>`."""
+        return Path(self.out) if self.out is not None else Path("runs") / self.name
+
+    def candidate(self, name: str) -> Candidate:
+        return next(c for c in self.candidates if c.name == name)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change when a study is resumed: mixing datasets or epochs would make the numbers lie."""
+        return {"dataset": self.dataset, **self.budget.fingerprint()}
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise StudyError(f"bad device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise StudyError(f"device {device!r} requested but CUDA is not available")
+
+
+def hyperparams(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Replay `space` on fixed params (from a finished trial) → the dict the trainer consumes."""
+    return space(optuna.trial.FixedTrial(dict(params)))
+
+
+def split_hyperparams(hp: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(optimizer settings, model kwargs) from a search-space dict."""
+    opt = {k: hp[k] for k in OPTIMIZER_KEYS if k in hp}
+    if "lr" not in opt:
+        raise StudyError("the search space must return an 'lr'")
+    return opt, {k: v for k, v in hp.items() if k not in OPTIMIZER_KEYS}
