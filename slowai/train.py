@@ -17,6 +17,19 @@ from slowai.learner import Callback, DeviceCB, Learner
 TUTORIAL_SGD = partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-4)
 TUTORIAL_ADAMW = partial(torch.optim.AdamW, weight_decay=1e-4)
 
+# name -> (optimizer class, default weight decay, lr schedule callback): what a study candidate trains with.
+RECIPES: dict[str, tuple[Callable[..., torch.optim.Optimizer], float, Callable[[], Callback]]] = {
+    "onecycle": (torch.optim.AdamW, 0.01, OneCycleCB),
+    "tutorial_sgd": (partial(torch.optim.SGD, momentum=0.9), 1e-4, MultiStepCB),
+    "tutorial_adamw": (torch.optim.AdamW, 1e-4, MultiStepCB),
+}
+
+
+def recipe(name: str, weight_decay: float | None = None) -> tuple[Callable[..., torch.optim.Optimizer], Callback]:
+    """(optimizer factory, schedule callback) of a named recipe, with `weight_decay` or the recipe's default."""
+    opt, default_wd, schedule = RECIPES[name]
+    return partial(opt, weight_decay=default_wd if weight_decay is None else weight_decay), schedule()
+
 
 def train_1cycle(
     model: nn.Module,

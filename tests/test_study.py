@@ -137,7 +137,11 @@ def test_median_pruner_prunes_hopeless_trials(tmp_path):
 
 def test_candidates_with_model_kwargs_validate_names():
     s = StudySpec(name="x", candidates=[Candidate("relu", "residual", {"init": "default"}), "plain"])
-    assert s.reference == "plain" and s.candidate("relu").describe() == {"model": "residual", "init": "'default'"}
+    assert s.reference == "plain" and s.candidate("relu").describe() == {
+        "model": "residual",
+        "recipe": "onecycle",
+        "init": "default",
+    }
 
 
 @pytest.mark.parametrize(

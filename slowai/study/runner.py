@@ -22,7 +22,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from slowai.callbacks import MetricsCB, OneCycleCB, _use_bars
+from slowai.callbacks import MetricsCB, _use_bars
 from slowai.data import DataLoaders, cifar10, fashion_mnist
 from slowai.learner import Callback, DeviceCB, Learner
 from slowai.study import plan as planning
@@ -32,7 +32,7 @@ from slowai.study.report import StudyResult
 from slowai.study.spec import Budget, Candidate, StudyError, StudySpec, split_hyperparams
 from slowai.study.tracking import TrackedRun, Tracker, WandbCB
 from slowai.summary import Summary, summarize
-from slowai.train import evaluate
+from slowai.train import evaluate, recipe
 from slowai.utils import default_device, set_seed
 
 TUNE_SEED_BASE, CONFIRM_SEED_BASE = 10_000, 0
@@ -352,13 +352,13 @@ class Runner:
         trial: optuna.Trial | None,
         bar: Any,
     ) -> Outcome:
-        """Seeded AdamW one-cycle training of a fresh model; tune trials get the pruning callback."""
+        """Seeded training of a fresh model with the candidate's recipe; tune trials get the pruning callback."""
         opt_kw, model_kw = split_hyperparams(hp)
         set_seed(seed)
         model = cand.build(dls.input_shape[0], dls.n_classes, **model_kw)
-        opt_func = partial(torch.optim.AdamW, weight_decay=opt_kw.get("weight_decay", 0.01))
+        opt_func, schedule = recipe(cand.recipe, opt_kw.get("weight_decay"))
         metrics = MetricsCB()
-        cbs: list[Callback] = [DeviceCB(dls.device), metrics, OneCycleCB(), WandbCB(run)]
+        cbs: list[Callback] = [DeviceCB(dls.device), metrics, schedule, WandbCB(run)]
         if trial is not None:
             cbs += [FiniteLossCB(), PruningCB(trial)]
         if bar is not None:
@@ -475,7 +475,7 @@ class Runner:
             st.mark_failed(study, trial, "surplus: another worker claimed the last trial")
             return None
         trial.set_user_attr("worker", st.WORKER)
-        hp = self.spec.space(trial)
+        hp = self.spec.space_of(cand)(trial)
         out = self.run_trial(cand, "tune", study, trial, hp, TUNE_SEED_BASE + trial.number, bar)
         acc = out.history[-1].get("valid_accuracy", float("nan")) if out.history else float("nan")
         return f"{cand.name} tune t{trial.number}: valid acc {acc:.4f} ({out.state}) in {out.wall_s:.1f} s"
@@ -496,7 +496,7 @@ class Runner:
             st.mark_failed(study, trial, "surplus: claimed by another worker")
             return None
         trial.set_user_attr("worker", st.WORKER)
-        hp = self.spec.space(trial)
+        hp = self.spec.space_of(cand)(trial)
         out = self.run_trial(cand, "confirm", study, trial, hp, seed, bar)
         return f"{cand.name} confirm seed {seed}: test acc {out.test['accuracy']:.4f} in {out.wall_s:.1f} s"
 

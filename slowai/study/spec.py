@@ -51,11 +51,20 @@ def check_model_name(model: str) -> None:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One arm of the comparison: a registry model name plus fixed model kwargs (e.g. `act=nn.ReLU`)."""
+    """One arm of the comparison: a registry model name, fixed model kwargs (e.g. `act=nn.ReLU`), a training recipe
+    (see `slowai.train.RECIPES`) and optionally its own search space (else the study's)."""
 
     name: str
     model: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    recipe: str = "onecycle"
+    space: SearchSpace | None = None
+
+    def __post_init__(self) -> None:
+        from slowai.train import RECIPES
+
+        if self.recipe not in RECIPES:
+            raise StudyError(f"candidate {self.name!r}: unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
 
     def build(self, in_chans: int, num_classes: int, **tuned: Any) -> nn.Module:
         """A fresh model; `tuned` are model kwargs drawn by the search space."""
@@ -63,11 +72,11 @@ class Candidate:
 
     def describe(self) -> dict[str, str]:
         """JSON-safe description for storage attrs and W&B config (kwargs such as classes become their names)."""
-        return {"model": self.model, **{k: _describe(v) for k, v in self.kwargs.items()}}
+        return {"model": self.model, "recipe": self.recipe, **{k: _describe(v) for k, v in self.kwargs.items()}}
 
 
 def _describe(v: Any) -> str:
-    return getattr(v, "__name__", None) or repr(v)
+    return v if isinstance(v, str) else getattr(v, "__name__", None) or repr(v)
 
 
 def as_candidates(cands: Sequence[str | Candidate] | Mapping[str, Candidate]) -> list[Candidate]:
@@ -168,6 +177,10 @@ class StudySpec:
 
     def candidate(self, name: str) -> Candidate:
         return next(c for c in self.candidates if c.name == name)
+
+    def space_of(self, candidate: Candidate) -> SearchSpace:
+        """The candidate's own search space if it has one, else the study's."""
+        return candidate.space or self.space
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change when a study is resumed: mixing datasets or epochs would make the numbers lie."""
