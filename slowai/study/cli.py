@@ -1,13 +1,16 @@
 """The shared command line of every study script, so a study file only names its candidates.
 
 Bad input ends as one `error: ...` line on stderr and exit status 2, before any file or storage is created.
+The same command scales out: run it on several machines with one `--storage` URL and `--study-name`, or with
+`--workers N` for N local processes; they share the work through the storage.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import optuna
 
@@ -22,6 +25,7 @@ from slowai.study.spec import (
     StudySpec,
     default_space,
 )
+from slowai.study.storage import Liveness
 
 EXIT_USAGE = 2
 
@@ -86,6 +90,28 @@ def build_parser(name: str, candidates: Sequence[str | Candidate], description: 
     a("--quick", action="store_true", help="smoke run: 512 images, 1 epoch, 2 trials, 2 seeds (a few minutes)")
     a("--plan-only", action="store_true", help="print the plan and estimated time, then exit")
     a("--no-progress", action="store_true", help="no progress bars or per-trial lines")
+    a(
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="local worker processes sharing the study (e.g. one per GPU); the report is built when all are done",
+    )
+    a("--report-only", action="store_true", help="build report.md and results from the storage, without training")
+    a(
+        "--heartbeat-interval",
+        type=positive_int,
+        default=Liveness.heartbeat_interval,
+        metavar="SEC",
+        help="seconds between heartbeats of a running trial (database storages; default: %(default)s)",
+    )
+    a(
+        "--grace-period",
+        type=positive_int,
+        metavar="SEC",
+        help="a running trial without heartbeat for this long is failed and retried (default: 2 x interval)",
+    )
+    a("--worker-id", type=int, help=argparse.SUPPRESS)  # set by --workers on the processes it starts
     return p
 
 
@@ -130,6 +156,12 @@ def main(
             quick=args.quick,
             time_budget_s=args.time_budget * 60,
             plan_only=args.plan_only,
+            log=_worker_log(args.worker_id),
+            report_only=args.report_only,
+            workers=args.workers,
+            worker_command=_worker_command(name, argv) if args.workers > 1 else None,
+            worker_id=args.worker_id,
+            liveness=Liveness(args.heartbeat_interval, args.grace_period),
             trials=args.trials,
             seeds=args.seeds,
             tune_epochs=args.epochs,
@@ -144,6 +176,22 @@ def main(
     except KeyboardInterrupt:
         return _fail("interrupted; the running trial was marked FAIL, rerun the same command to resume", 130)
     return 0
+
+
+def _worker_command(name: str, argv: Sequence[str] | None) -> list[str]:
+    """This very command (`python -m <module> <args>`), for the worker processes `--workers` starts."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = main_spec.name if main_spec is not None and main_spec.name.split(".")[-1] == name else f"studies.{name}"
+    if importlib.util.find_spec(module) is None:
+        raise StudyError(f"--workers needs the study as a module (python -m {module} ...), not found")
+    return [sys.executable, "-m", module, *(sys.argv[1:] if argv is None else argv)]
+
+
+def _worker_log(worker_id: int | None) -> Callable[[str], None]:
+    """print, with each line tagged by the worker id in a `--workers` child (their lines interleave)."""
+    if worker_id is None:
+        return print
+    return lambda msg: print("\n".join(f"[worker {worker_id}] {line}" for line in msg.splitlines()), flush=True)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:

@@ -1,0 +1,294 @@
+"""Scale-out and fault tolerance: concurrent workers on PostgreSQL and on the embedded journal, a worker killed
+mid-trial, diverging trials, bad storage URLs, --report-only and a broken W&B directory."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from slowai.study import Budget, StudySpec, main, read_offline_run, run_study
+from slowai.study.storage import (
+    FINISHED,
+    confirm_key,
+    existing_names,
+    fail_lost_trials,
+    open_storage,
+    optuna_name,
+)
+from slowai.study.tracking import offline_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+CANDS = ["conv", "plain"]
+# --quick: 2 trials and 2 seeds per candidate, 1 epoch; 256 tune images keep a trial under a second on CPU
+QUICK = ["--candidates", *CANDS, "--quick", "--subset", "256", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """The test PostgreSQL server: required in CI, skipped with the reason elsewhere."""
+    url = os.environ.get("SLOWAI_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must provide PostgreSQL: SLOWAI_TEST_PG_URL is unset (see .ci/run)")
+        pytest.skip("no PostgreSQL server: export SLOWAI_TEST_PG_URL=$(bash scripts/postgres.sh)")
+    return url
+
+
+@pytest.fixture
+def pg_study(pg_url):
+    """A fresh study name on the server; its Optuna studies are deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    storage = open_storage(pg_url)
+    for study in existing_names(storage):
+        if study.startswith(f"{name}/"):
+            optuna.delete_study(study_name=study, storage=storage)
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Worker process environment: offline W&B under tmp, one thread each (two workers on two cores)."""
+    home = tmp_path / "wandb_home"
+    home.mkdir()
+    keys = ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR")
+    return (
+        os.environ
+        | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+        | dict.fromkeys(keys, str(home))
+    )
+
+
+def start(args, env, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "studies.residual_vs_plain", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def finish(proc, timeout=150):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def all_trials(storage, name, cand, stage):
+    return optuna.load_study(study_name=optuna_name(name, cand, stage), storage=storage).get_trials()
+
+
+def run_ids(out_dirs):
+    """W&B offline run id → run directory, over every worker's output dir (the id ends the directory name)."""
+    return {d.name.rsplit("-", 1)[-1]: d for out in out_dirs for d in offline_runs(Path(out) / "wandb")}
+
+
+def assert_study_complete(storage, name, out_dirs, cands=CANDS, trials=2, seeds=(0, 1)):
+    """Exactly `trials` finished tune trials and one run per confirm seed per candidate, nothing left running or
+    queued, and every trial that trained has exactly its own W&B run."""
+    runs = run_ids(out_dirs)
+    trained = []
+    for cand in cands:
+        tune, conf = all_trials(storage, name, cand, "tune"), all_trials(storage, name, cand, "confirm")
+        assert sum(t.state in FINISHED for t in tune) == trials
+        best = max((t for t in tune if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        done = [t for t in conf if t.state == TrialState.COMPLETE]
+        assert sorted(t.user_attrs["seed"] for t in done) == list(seeds)
+        assert {t.user_attrs["params_key"] for t in done} == {confirm_key(best.params)}
+        assert not [t for t in tune + conf if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        trained += [(cand, t) for t in tune + conf if "wandb_run_id" in t.user_attrs]
+    ids = [t.user_attrs["wandb_run_id"] for _, t in trained]
+    assert len(set(ids)) == len(ids) and set(ids) == set(runs)
+    for cand, t in trained:
+        if t.state == TrialState.COMPLETE:
+            stage = t.user_attrs["stage"]
+            assert read_offline_run(runs[t.user_attrs["wandb_run_id"]])["name"] == f"{cand}-{stage}-t{t.number}"
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgres_study(tmp_path, pg_url, pg_study, env):
+    outs = [tmp_path / "machine0", tmp_path / "machine1"]
+    procs = [start([*QUICK, "--storage", pg_url, "--study-name", pg_study, "--out", str(o)], env) for o in outs]
+    logs = [finish(p) for p in procs]
+    assert_study_complete(open_storage(pg_url), pg_study, outs)
+    assert all((o / "report.md").exists() for o in outs)  # any worker reports once everything is finished
+    assert "slowai:slowai@" not in "".join(logs) + (outs[0] / "report.md").read_text()  # password masked
+
+
+@pytest.mark.slow
+def test_local_workers_on_the_embedded_journal(tmp_path, env):
+    out = tmp_path / "study"
+    finish(start([*QUICK, "--study-name", "local2", "--out", str(out), "--workers", "2"], env))
+    storage = open_storage(str(out / "optuna.journal"))
+    assert_study_complete(storage, "local2", [out])
+    workers = {t.user_attrs["worker"] for c in CANDS for t in all_trials(storage, "local2", c, "tune")}
+    assert len(workers) == 2  # both processes trained
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * len(CANDS)
+
+    (out / "report.md").unlink()
+    assert main("residual_vs_plain", CANDS, ["--study-name", "local2", "--out", str(out), "--report-only"]) == 0
+    assert "| conv |" in (out / "report.md").read_text()
+
+
+def test_report_only_without_results_is_an_error(tmp_path, capsys):
+    out = tmp_path / "empty"
+    assert main("residual_vs_plain", CANDS, ["--out", str(out), "--report-only"]) == 2
+    assert capsys.readouterr().err.startswith("error: nothing to report") and not out.exists()
+
+
+def wait_running(storage, name, pid, timeout=60):
+    """The tune trial worker `pid` is training (RUNNING, W&B run started), polled from the storage.
+
+    Killing it there, not while it appends to the journal, keeps the test off the journal lock's 30 s stale timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if name + "/plain/tune" in existing_names(storage):
+            for t in all_trials(storage, name, "plain", "tune"):
+                mine = t.user_attrs.get("worker", "").endswith(f":{pid}")
+                if t.state == TrialState.RUNNING and mine and "wandb_run_id" in t.user_attrs:
+                    return t
+        time.sleep(0.1)
+    raise AssertionError(f"no RUNNING trial of worker {pid} within {timeout} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgres", "journal"])
+def test_killed_worker_trial_fails_and_is_retried(tmp_path, env, backend, request):
+    if backend == "postgres":
+        url, name = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_study")
+    else:
+        url, name = str(tmp_path / "out" / "optuna.journal"), "killtest"
+    args = ["--candidates", "plain", "--quick", "--trials", "2", "--seeds", "1", "--epochs", "2", "--subset", "1024"]
+    args += ["--pruner", "none", "--no-progress", "--study-name", name, "--out", str(tmp_path / "out")]
+    args += ["--storage", url, "--heartbeat-interval", "1", "--grace-period", "3"]
+    victim = start(args, env, start_new_session=True)  # its own process group: W&B's helper dies with it
+    try:
+        killed = wait_running(open_storage(url), name, victim.pid)
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.communicate()
+    time.sleep(4)  # past the grace period: the heartbeat is stale, not just the process gone
+    finish(start(args, env))
+
+    storage = open_storage(url)
+    tune = all_trials(storage, name, "plain", "tune")
+    dead = tune[killed.number]
+    reason = "no heartbeat within the grace period" if backend == "postgres" else "died (process gone)"
+    assert dead.state == TrialState.FAIL and reason in dead.user_attrs["fail_reason"]
+    (retry,) = [t for t in tune if t.user_attrs.get("retry_of") == dead.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    assert retry.system_attrs["failed_trial"] == dead.number and retry.user_attrs["worker"] != dead.user_attrs["worker"]
+    assert_study_complete(storage, name, [tmp_path / "out"], cands=["plain"], seeds=(0,))
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_local_workers_fails_their_trials_cleanly(tmp_path, env):
+    out = tmp_path / "out"
+    args = ["--candidates", "plain", "--quick", "--epochs", "3", "--subset", "4096", "--no-progress"]
+    parent = start([*args, "--study-name", "ctrlc", "--out", str(out), "--workers", "2"], env)
+    storage = open_storage_when_ready(out / "optuna.journal", "ctrlc/plain/tune")
+    deadline = time.monotonic() + 60
+    while not [t for t in all_trials(storage, "ctrlc", "plain", "tune") if t.state == TrialState.RUNNING]:
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGINT)
+    log, _ = parent.communicate(timeout=60)
+    assert parent.returncode == 130 and "rerun the same command to resume" in log
+    tune = all_trials(storage, "ctrlc", "plain", "tune")
+    assert tune and all(t.state == TrialState.FAIL for t in tune)
+    assert {t.user_attrs["fail_reason"] for t in tune} == {"interrupted (Ctrl-C)"}
+
+
+def open_storage_when_ready(path, study, timeout=60):
+    """The journal a starting study creates, once `study` exists in it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and study in existing_names(storage := open_storage(str(path))):
+            return storage
+        time.sleep(0.2)
+    raise AssertionError(f"{path} was not created within {timeout} s")
+
+
+def test_lost_confirm_run_is_retried_with_its_seed(tmp_path):
+    """A dead worker's confirm run comes back WAITING with its seed and params key, without the dead worker."""
+    storage = open_storage(str(tmp_path / "j.journal"))
+    study = optuna.create_study(study_name="s/c/confirm", storage=storage, direction="maximize")
+    study.enqueue_trial({"lr": 0.01}, user_attrs={"seed": 7, "params_key": "lr=0.01"})
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    gone = subprocess.Popen(["true"])  # a process of this host that has exited: the "dead worker"
+    gone.wait()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    assert fail_lost_trials(study, max_retry=1) == [trial.number]
+    assert fail_lost_trials(study, max_retry=1) == []  # found once, retried once
+    failed, queued = study.get_trials()
+    assert failed.state == TrialState.FAIL and "process gone" in failed.user_attrs["fail_reason"]
+    assert queued.state == TrialState.WAITING and queued.params == {"lr": 0.01}
+    assert queued.user_attrs == {"seed": 7, "params_key": "lr=0.01", "retry_of": 0}
+
+
+def diverge_first(trial):
+    """Tune trial 0 gets an lr that blows the loss up within a few batches; the others a sane one."""
+    lr = 1e8 if trial.number == 0 and trial.study.study_name.endswith("/tune") else 3e-3
+    return {"lr": trial.suggest_float("lr", lr, lr), "weight_decay": 1e-4}
+
+
+@pytest.mark.slow
+def test_diverging_trial_stops_at_once_and_study_continues(tmp_path):
+    budget = Budget(trials=2, tune_epochs=2, tune_subset=512, seeds=1, confirm_epochs=1, confirm_subset=256, bs=64)
+    spec = StudySpec(
+        name="nan", candidates=["conv"], out=tmp_path, progress=False, space=diverge_first, wandb="disabled"
+    )
+    res = run_study(spec, budget=budget, log=lambda s: None)
+    t0, t1 = all_trials(open_storage(str(tmp_path / "optuna.journal")), "nan", "conv", "tune")
+    m = re.fullmatch(r"non-finite train loss \((nan|inf)\) at epoch 1/2, batch (\d+)/8", t0.user_attrs["stop_reason"])
+    assert t0.state == TrialState.PRUNED and m, t0.user_attrs["stop_reason"]
+    assert int(m.group(2)) < 8 and t0.user_attrs["history"] == []  # stopped mid-epoch, not at its end
+    assert t1.state == TrialState.COMPLETE and len(res.candidates[0].runs) == 1
+
+
+@pytest.mark.slow
+def test_broken_wandb_dir_is_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb").write_text("a file where W&B wants its directory")
+    budget = Budget(trials=1, tune_epochs=1, tune_subset=256, seeds=1, confirm_epochs=1, confirm_subset=256, bs=64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_study(StudySpec(name="nowb", candidates=["conv"], out=tmp_path, progress=False), budget=budget)
+    assert any(str(w.message).startswith("W&B: wandb.init failed") for w in caught)
+    assert len(res.candidates[0].runs) == 1 and (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("postgresql+psycopg2://nosuch:pw@127.0.0.1:5432/x", "cannot open storage"),  # wrong credentials
+        ("postgresql://u:secret@127.0.0.1:1/db", "Connection refused"),  # nothing listens on the port
+        ("postgresql+psycopg2://u:secret@127.0.0.2:1/db", "Connection refused"),  # no server on that address
+        ("postgresql:/broken", "malformed storage URL"),
+    ],
+)
+def test_bad_storage_fails_fast_with_one_line(tmp_path, capsys, url, message):
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    assert main("residual_vs_plain", CANDS, ["--out", str(out), "--quick", "--storage", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - t0 < 10
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert ":pw@" not in err and ":secret@" not in err
+    assert not out.exists() and not list(tmp_path.glob("postgresql*"))
