@@ -80,7 +80,7 @@ def main() -> None:
     print(dls)
     results = [run(name, dls, args) for name in args.models]
     device = torch.cuda.get_device_name() if dls.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\n{device}, torch {torch.__version__}, data: {dls.source}")
+    print(f"\n{device}, torch {torch.__version__}, data: {dls.source} ({dls.note})")
     print(f"{'model':<24}{'params':>10}{'epochs':>8}{'valid':>8}{'test':>8}{'s/epoch':>9}{'img/s':>9}{'wall s':>9}")
     for r in results:
         print(

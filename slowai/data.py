@@ -219,6 +219,7 @@ class DataLoaders:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     source: str = "in-memory tensors"
+    note: str = ""  # how faithful the copy is, for reports (e.g. the offline CIFAR-10's JPEG-decoded pixels)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
@@ -253,6 +254,7 @@ class DataLoaders:
         augment: Callable[[Tensor], Tensor] | None = None,
         name: str = "tensors",
         source: str = "in-memory tensors",
+        note: str = "",
     ) -> DataLoaders:
         """Loaders for (N,C,H,W) tensors, normalized with x_train's per-channel stats; augment applies to train only."""
         device = torch.device(device) if device is not None else default_device()
@@ -271,9 +273,8 @@ class DataLoaders:
         train = TensorLoader(xtr, ytr, bs, shuffle=True, mean=mean, std=std, augment=augment)
         valid = TensorLoader(xva, yva, bs, mean=mean, std=std)
         test = None if x_test is None else TensorLoader(put(x_test), put(y_test), bs, mean=mean, std=std)
-        return cls(
-            train, valid, test, name=name, classes=list(classes), mean=mean, std=std, source=source, device=device
-        )
+        stats = {"mean": mean, "std": std, "source": source, "note": note, "device": device}
+        return cls(train, valid, test, name=name, classes=list(classes), **stats)
 
     def __repr__(self) -> str:
         sizes = "/".join(str(dl.n) if dl else "-" for dl in (self.train, self.valid, self.test))
@@ -315,6 +316,7 @@ class RawData:
     y_test: Tensor
     classes: tuple[str, ...]
     source: str
+    note: str = ""
 
 
 def _idx_file(d: Path, stem: str) -> Path | None:
@@ -332,7 +334,9 @@ def read_fashion_mnist(d: str | Path) -> RawData:
             raise ValueError(f"{p}: {len(x)} images but {len(y)} labels")
     img = lambda a: torch.from_numpy(a.copy()).unsqueeze(1)  # noqa: E731
     lab = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
-    return RawData(img(xtr), lab(ytr), img(xte), lab(yte), tuple(FASHION_MNIST_CLASSES), str(d))
+    return RawData(
+        img(xtr), lab(ytr), img(xte), lab(yte), tuple(FASHION_MNIST_CLASSES), str(d), "the original Zalando IDX files"
+    )
 
 
 def read_cifar10_npz(path: str | Path) -> RawData:
@@ -345,12 +349,26 @@ def read_cifar10_npz(path: str | Path) -> RawData:
         xs = [d[k] for k in ("x_train", "x_test")]
         ys = [d[k] for k in ("y_train", "y_test")]
         classes = tuple(str(c) for c in d["classes"]) if "classes" in d.files else tuple(CIFAR10_CLASSES)
+        exact = [d[k] for k in ("exact_train", "exact_test") if k in d.files]
     for x, y in zip(xs, ys):
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8 or len(x) != len(y):
             raise ValueError(f"{path}: expected uint8 (N,H,W,3) images with N labels, got {x.shape} {x.dtype}")
     chw = [torch.from_numpy(x).permute(0, 3, 1, 2).contiguous() for x in xs]
     lab = [torch.from_numpy(y.astype(np.int64)) for y in ys]
-    return RawData(chw[0], lab[0], chw[1], lab[1], classes, str(path))
+    return RawData(chw[0], lab[0], chw[1], lab[1], classes, str(path), _npz_note(exact))
+
+
+def _npz_note(exact: list[np.ndarray]) -> str:
+    """The offline copy marks its byte-exact images; the rest are JPEG-decoded, which costs some accuracy."""
+    if not exact:
+        return "CIFAR-10 .npz of unknown fidelity"
+    lossy = 1 - float(np.concatenate(exact).mean())
+    if lossy == 0:
+        return "CIFAR-10 .npz, every image byte-exact"
+    return (
+        f"offline CIFAR-10 copy: labels and order exact, {100 * lossy:.0f}% of the images JPEG-decoded (lossy), "
+        "so accuracies land somewhat below published ones"
+    )
 
 
 def _unpickle(path: Path) -> dict:
@@ -372,7 +390,7 @@ def read_cifar10_batches(d: str | Path) -> RawData:
     (xtr, ytr), (xte, yte) = load(CIFAR10_BATCH_FILES[:5]), load(CIFAR10_BATCH_FILES[5:])
     meta = d / "batches.meta"
     classes = tuple(_unpickle(meta)["label_names"]) if meta.is_file() else tuple(CIFAR10_CLASSES)
-    return RawData(xtr, ytr, xte, yte, classes, str(d))
+    return RawData(xtr, ytr, xte, yte, classes, str(d), "torchvision's CIFAR-10 pickles (the original pixels)")
 
 
 @lru_cache(maxsize=4)
@@ -540,6 +558,7 @@ def _build(
         augment=_pick_augment(augment),
         name=name,
         source=raw.source,
+        note=raw.note,
     )
 
 

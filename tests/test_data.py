@@ -218,6 +218,7 @@ def test_crops_stay_inside_the_image_so_no_padding_leaks_in():
 def test_cifar10_offline_copy_splits_45k_5k_10k_with_per_channel_normalization(cifar):
     assert (cifar.train.n, cifar.valid.n, cifar.test.n) == (45_000, 5_000, 10_000)
     assert cifar.source == str(CIFAR_NPZ.resolve()) and cifar.classes[0] == "airplane"
+    assert "90% of the images JPEG-decoded" in cifar.note  # the offline copy's 6,102 of 60,000 exact images
     assert cifar.mean == pytest.approx((0.4913, 0.4821, 0.4465), abs=2e-3)
     assert cifar.train.augment is D.random_resized_crop_flip and cifar.valid.augment is None
     xb, yb = cifar.one_batch()
@@ -262,7 +263,17 @@ def test_torchvision_batches_layout_is_read(tmp_path):
     assert (raw.x_train[:, 1] == 100).all() and (raw.x_train[2, 0] == 1).all()
     dls = D.cifar10(root=tmp_path, device="cpu", val_size=2, bs=4)
     assert (dls.train.n, dls.valid.n, dls.test.n, dls.classes[1]) == (8, 2, 2, "class1")
-    assert dls.source == str(d.resolve())
+    assert dls.source == str(d.resolve()) and "original pixels" in dls.note
+
+
+def test_npz_note_says_how_much_of_the_copy_is_lossy(tmp_path):
+    x = np.zeros((4, 32, 32, 3), np.uint8)
+    y = np.arange(4)
+    exact = np.array([True, False, False, False])
+    np.savez(tmp_path / "c.npz", x_train=x, y_train=y, x_test=x, y_test=y, exact_train=exact, exact_test=exact)
+    assert "75% of the images JPEG-decoded" in D.read_cifar10_npz(tmp_path / "c.npz").note
+    np.savez(tmp_path / "e.npz", x_train=x, y_train=y, x_test=x, y_test=y, exact_train=~exact | exact)
+    assert "every image byte-exact" in D.read_cifar10_npz(tmp_path / "e.npz").note
 
 
 # ----------------------------------------------------------------------------------------------- readers

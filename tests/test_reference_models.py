@@ -1,7 +1,6 @@
 """Reference architectures: the CNN tutorial's CIFAR-10 models and ResNet-18..200, checked against published counts."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from slowai.models.resnet import BasicBlock, Bottleneck
 from slowai.models.tutorial import ACT_FNS, GoogleNet, PreActResNetBlock, ResNetBlock
 from slowai.utils import set_seed
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TUTORIAL_MODELS = ("googlenet", "resnet_tutorial", "preact_resnet_tutorial", "densenet_tutorial")
 RESNET_FAMILY = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
 
@@ -192,11 +190,9 @@ def test_new_models_are_listed_with_a_description():
 
 
 # ----------------------------------------------------------------------------------------------- training
-def test_tutorial_resnet_learns_on_a_cifar10_slice():
-    if not (SHARED / "cifar10" / "cifar10.npz").is_file():
-        pytest.skip(f"CIFAR-10 copy not found at {SHARED / 'cifar10' / 'cifar10.npz'}")
+def test_tutorial_resnet_learns_on_a_cifar10_slice(cifar_root):
     set_seed(0)
-    dls = cifar10(root=SHARED, subset=512, device="cpu", bs=64)
+    dls = cifar10(root=cifar_root, subset=512, device="cpu", bs=64)
     model = create_model("resnet_tutorial", in_chans=3, num_classes=10)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     probe_x, probe_y = dls.one_batch()

@@ -99,6 +99,9 @@ def test_report_files_name_every_candidate(study_dir):
     for png in ("cost.png", "curves.png"):
         assert (study_dir / png).stat().st_size > 0
     assert "wandb sync" in report and "optuna studies --storage" in report
+    assert "| valid acc % |" in report and "published" not in report  # no candidate has published numbers
+    assert "## Data\n\nfashion_mnist read from `" in report and "original Zalando IDX files" in report
+    assert all(r["data_source"] and 0 <= r["best_valid_accuracy"] <= 1 for r in rows)
 
 
 @pytest.mark.slow
@@ -190,3 +193,33 @@ def test_command_help_documents_every_flag():
         "--quick",
     ):
         assert flag in out
+
+
+@pytest.mark.slow
+def test_residual_vs_plain_runs_every_default_candidate_on_cifar10(tmp_path, cifar_root):
+    argv = ["--dataset", "cifar10", "--quick", "--subset", "64", "--out", str(tmp_path), "--data-root", str(cifar_root)]
+    assert main("residual_vs_plain", ["residual", "plain", "timm/resnet18"], [*argv, "--wandb", "disabled"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    params = {r["candidate"]: r["params"] for r in rows}
+    # built for 3 input channels (on 1-channel Fashion-MNIST: 321,438 / 309,012 / 11,175,370)
+    assert params == {"residual": 321_854, "plain": 309_412, "timm/resnet18": 11_181_642}
+    assert len(rows) == 6 and all(r["dataset"] == "cifar10" for r in rows)
+
+
+def test_published_numbers_get_a_column_and_the_gap_is_stated(tmp_path):
+    from optuna.trial import create_trial
+
+    from slowai.study import report
+
+    def run(seed, test, valid):
+        attrs = {"seed": seed, "test_accuracy": test, "best_valid_accuracy": valid, "params": 10, "mflops": 1.0}
+        return create_trial(value=test, params={}, distributions={}, user_attrs=attrs)
+
+    ours = report.CandidateResult("resnet", [run(0, 0.89, 0.90), run(1, 0.91, 0.92)], None, {"complete": 1})
+    ours.acc, ours.published = report.mean_ci(ours.accs), {"valid": 0.9184, "test": 0.91}
+    res = report.StudyResult("s", "cifar10", "resnet", "url", [ours], None, "/data/c.npz", "90% JPEG-decoded")
+    table = report.markdown_table(res)
+    assert "| published valid / test % |" in table
+    assert "| resnet | 2 | 91.00 | 90.00 ± 12.71 | reference |" in table and "| 91.84 / 91.00 |" in table
+    text = report._data_text(res)
+    assert "cifar10 read from `/data/c.npz`: 90% JPEG-decoded." in text and "`resnet` -1.00" in text

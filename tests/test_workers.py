@@ -292,3 +292,17 @@ def test_bad_storage_fails_fast_with_one_line(tmp_path, capsys, url, message):
     assert err.startswith("error: ") and message in err and "\n" not in err, err
     assert ":pw@" not in err and ":secret@" not in err
     assert not out.exists() and not list(tmp_path.glob("postgresql*"))
+
+
+def test_work_nobody_can_claim_is_an_error_not_an_endless_wait(tmp_path, monkeypatch):
+    from slowai.study.runner import Runner
+    from slowai.study.spec import StudyError
+
+    spec = StudySpec(name="stuck", candidates=CANDS, out=tmp_path, wandb="disabled", progress=False)
+    tiny = Budget(trials=1, tune_epochs=1, tune_subset=64, seeds=1, confirm_epochs=1, confirm_subset=64, bs=32)
+    runner = Runner(spec, budget=tiny, log=lambda s: None, worker_id=0, poll_s=0.01)
+    runner.prepare()
+    runner.open()
+    monkeypatch.setattr(runner, "_do", lambda job, bar: None)  # every claim refused, and no worker holds a trial
+    with pytest.raises(StudyError, match="is stuck: conv tune, plain tune cannot be claimed and no worker runs them"):
+        runner.finish_remaining()

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,10 +43,16 @@ class CandidateResult:
     mflops: float = 0.0
     seconds_per_epoch: float = math.nan
     wall_s: float = math.nan
+    published: Mapping[str, float] | None = None
 
     @property
     def accs(self) -> list[float]:
         return [float(t.user_attrs["test_accuracy"]) for t in self.runs]
+
+    @property
+    def valid_acc(self) -> float:
+        """Mean best validation accuracy of the confirm runs (the tutorial reports the best-validation checkpoint's)."""
+        return _mean([t.user_attrs.get("best_valid_accuracy") for t in self.runs])
 
 
 @dataclass
@@ -58,6 +65,8 @@ class StudyResult:
     storage_url: str
     candidates: list[CandidateResult]
     storage: Any = field(repr=False, default=None)
+    data_source: str | None = None
+    data_note: str = ""
 
     def optuna_study(self, candidate: str, stage: str = "tune") -> optuna.Study:
         """The underlying Optuna study, e.g. for `.trials_dataframe()` or optuna.visualization."""
@@ -86,6 +95,7 @@ def _row(res: StudyResult, c: CandidateResult, t: FrozenTrial) -> dict[str, Any]
     return {
         "study": res.name,
         "dataset": res.dataset,
+        "data_source": a.get("data_source"),
         "candidate": c.name,
         "seed": a.get("seed"),
         "trial": t.number,
@@ -107,10 +117,21 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
-def collect(storage: Any, name: str, candidates: list[str], reference: str, dataset: str, url: str) -> StudyResult:
-    """Read tune/confirm trials of every candidate; confirm runs count only if they used the current best params."""
+def collect(
+    storage: Any,
+    name: str,
+    candidates: list[str],
+    reference: str,
+    dataset: str,
+    url: str,
+    published: Mapping[str, Mapping[str, float]] | None = None,
+) -> StudyResult:
+    """Read tune/confirm trials of every candidate; confirm runs count only if they used the current best params.
+
+    `published` maps candidate -> reference numbers to print beside ours, e.g. {"valid": 0.9184, "test": 0.91}."""
     names = st.existing_names(storage)
     out = []
+    source: tuple[str | None, str] = (None, "")
     for cand in candidates:
         tn, cn = (st.optuna_name(name, cand, s) for s in st.STAGES)
         tune = optuna.load_study(study_name=tn, storage=storage).get_trials() if tn in names else []
@@ -125,7 +146,9 @@ def collect(storage: Any, name: str, candidates: list[str], reference: str, data
         counts = {
             s.name.lower(): sum(t.state == s for t in tune) for s in TrialState if any(t.state == s for t in tune)
         }
-        r = CandidateResult(cand, runs, best, counts)
+        r = CandidateResult(cand, runs, best, counts, published=(published or {}).get(cand))
+        for t in runs or complete:
+            source = (t.user_attrs.get("data_source", source[0]), t.user_attrs.get("data_note", source[1]))
         if runs:
             r.acc = mean_ci(r.accs)
             r.params, r.mflops = int(runs[0].user_attrs["params"]), float(runs[0].user_attrs["mflops"])
@@ -136,7 +159,7 @@ def collect(storage: Any, name: str, candidates: list[str], reference: str, data
     for c in out:
         if ref is not None and ref.runs and c.runs and c.name != reference:
             c.diff = welch_diff(c.accs, ref.accs)
-    return StudyResult(name, dataset, reference, url, out, storage)
+    return StudyResult(name, dataset, reference, url, out, storage, *source)
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -151,14 +174,37 @@ def _signed(x: float) -> str:
 def _hp(best: FrozenTrial | None) -> str:
     if best is None:
         return "n/a"
-    return ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+    hp = best.user_attrs.get("hyperparams") or best.params  # what trained, fixed values of the space included
+    return ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items())
 
 
-HEADERS = ["candidate", "n", "test acc % (95% CI)", "Δ vs ref (95% CI)", "p", "params", "MFLOPs", "s/epoch", "best hp"]
+HEADERS = [
+    "candidate",
+    "n",
+    "valid acc %",
+    "test acc % (95% CI)",
+    "Δ vs ref (95% CI)",
+    "p",
+    "params",
+    "MFLOPs",
+    "s/epoch",
+    "best hp",
+]
+PUBLISHED = "published valid / test %"
+
+
+def headers(res: StudyResult) -> list[str]:
+    """HEADERS, plus the published numbers' column when any candidate has them."""
+    return HEADERS + [PUBLISHED] * any(c.published for c in res.candidates)
+
+
+def _published(p: Mapping[str, float] | None) -> str:
+    return "" if not p else f"{_pct(p.get('valid', math.nan))} / {_pct(p.get('test', math.nan))}"
 
 
 def table_rows(res: StudyResult) -> list[list[str]]:
     """The comparison table as strings, one row per candidate (reference first)."""
+    extra = len(headers(res)) > len(HEADERS)
     order = sorted(res.candidates, key=lambda c: c.name != res.reference)
     rows = []
     for c in order:
@@ -176,19 +222,22 @@ def table_rows(res: StudyResult) -> list[list[str]]:
             ci = "" if math.isnan(c.diff.lo) else f" [{_signed(c.diff.lo)}, {_signed(c.diff.hi)}]"
             delta, p = f"{_signed(c.diff.delta)}{ci}", "n/a" if math.isnan(c.diff.p) else f"{c.diff.p:.3g}"
         spe = "n/a" if math.isnan(c.seconds_per_epoch) else f"{c.seconds_per_epoch:.1f}"
-        rows.append([c.name, str(len(c.runs)), acc, delta, p, f"{c.params:,}", f"{c.mflops:.1f}", spe, _hp(c.best)])
+        row = [c.name, str(len(c.runs)), _pct(c.valid_acc), acc, delta, p, f"{c.params:,}", f"{c.mflops:.1f}", spe]
+        rows.append(row + [_hp(c.best)] + [_published(c.published)] * extra)
     return rows
 
 
 def markdown_table(res: StudyResult) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    hs = headers(res)
+    align = ["---" if h in ("candidate", "best hp") else "---:" for h in hs]
+    lines = ["| " + " | ".join(hs) + " |", "| " + " | ".join(align) + " |"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table_rows(res)])
 
 
 def text_table(res: StudyResult) -> str:
     """The same table aligned for a terminal."""
-    rows = [HEADERS, *table_rows(res)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+    rows = [headers(res), *table_rows(res)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
@@ -233,9 +282,12 @@ def write_report(
         f"_Generated {now}. Test accuracy over confirm seeds; reference: `{res.reference}`._",
         "## Comparison",
         markdown_table(res),
-        "Test accuracy in %, mean ± half-width of the 95% t-interval over seeds (n). Δ is candidate minus reference "
-        "in accuracy points with its Welch 95% CI; p is Welch's two-sided t-test. MFLOPs are per sample (forward), "
-        "s/epoch is the mean training-epoch time of the confirm runs. Best hp: the tuned hyperparameters retrained.",
+        "Test accuracy in %, mean ± half-width of the 95% t-interval over seeds (n); valid acc is the mean best "
+        "validation accuracy of the same runs. Δ is candidate minus reference in accuracy points with its Welch 95% "
+        "CI; p is Welch's two-sided t-test. MFLOPs are per sample (forward), s/epoch is the mean training-epoch time "
+        "of the confirm runs. Best hp: the tuned hyperparameters retrained.",
+        "## Data",
+        _data_text(res),
         "## Tuning",
         "\n".join(
             f"- `{c.name}`: {_counts(c)}; best valid acc {_pct(c.best.value if c.best else math.nan)} %"
@@ -260,6 +312,25 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n\n".join(parts) + "\n")
     return path
+
+
+def _data_text(res: StudyResult) -> str:
+    """Which copy of the dataset the numbers come from, and how faithful it is (it bounds the comparison with
+    published numbers)."""
+    if res.data_source is None:
+        return f"{res.dataset}; source not recorded (trials from an older slowai)."
+    text = f"{res.dataset} read from `{res.data_source}`" + (f": {res.data_note}." if res.data_note else ".")
+    if any(c.published for c in res.candidates):
+        gaps = [
+            f"`{c.name}` {_signed(c.acc.mean - c.published['test'])}"
+            for c in res.candidates
+            if c.acc is not None and c.published and "test" in c.published
+        ]
+        text += (
+            " Published numbers are the reference's own runs (its data, its epochs); the gap to them, in test "
+            "accuracy points: " + (", ".join(gaps) if gaps else "n/a (nothing confirmed yet)") + "."
+        )
+    return text
 
 
 def _counts(c: CandidateResult) -> str:

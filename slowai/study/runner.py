@@ -43,6 +43,7 @@ from slowai.utils import default_device, set_seed
 TUNE_SEED_BASE, CONFIRM_SEED_BASE = 10_000, 0
 DEFAULT_TARGET_S = 50 * 60  # leaves headroom under the hour for data loading, probes and the report
 POLL_S = 2.0  # how often an idle worker re-reads the storage while others finish their trials
+STUCK_POLLS = 5  # idle polls with no trial held anywhere before pending work counts as stuck (a bug, not a wait)
 NAN_CHECK_EVERY_GPU = 8  # batches between loss checks on an accelerator (each check is a host sync)
 
 
@@ -150,6 +151,9 @@ class Job:
     candidate: str
     seed: int | None = None
     estimate_s: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.candidate} {self.stage}" + (f" seed {self.seed}" if self.seed is not None else "")
 
 
 @dataclass
@@ -437,12 +441,14 @@ class Runner:
         train_s = [r["seconds"] for r in metrics.train_history]
         return Outcome(hist, sum(train_s) / max(len(train_s), 1), wall, test, state, reason)
 
-    def _attrs(self, cand: Candidate, stage: str, seed: int, s: Summary) -> dict[str, Any]:
+    def _attrs(self, cand: Candidate, stage: str, seed: int, s: Summary, dls: DataLoaders) -> dict[str, Any]:
         return {
             "candidate": cand.name,
             "stage": stage,
             "seed": seed,
             "dataset": self.spec.dataset,
+            "data_source": dls.source,
+            "data_note": dls.note,
             "model": cand.describe(),
             "params": s.total_params,
             "mflops": s.total_mflops,
@@ -465,6 +471,7 @@ class Runner:
             "mflops": attrs["mflops"],
             "epochs": epochs,
             "train_size": dls.train.n,
+            "data_source": dls.source,
             "bs": dls.train.bs,
             "model": cand.describe(),
         }
@@ -483,9 +490,10 @@ class Runner:
         """Train, record attrs + W&B, tell Optuna the result; FAIL with a reason on errors and Ctrl-C (re-raised)."""
         dls = self.tune_dls if stage == "tune" else self.confirm_dls
         epochs = self.plan.budget.tune_epochs if stage == "tune" else self.plan.budget.confirm_epochs
-        attrs = self._attrs(cand, stage, seed, self.summary(cand, dls))
+        attrs = self._attrs(cand, stage, seed, self.summary(cand, dls), dls)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
+        trial.set_user_attr("hyperparams", {k: _json_safe(v) for k, v in hp.items()})  # incl. ones not drawn
         run = self._start_run(cand, stage, trial, hp, attrs, dls, epochs)
         trial.set_user_attr("wandb_run_id", run.id)
         try:
@@ -593,7 +601,11 @@ class Runner:
                 jobs.append(Job("tune", c.name))
                 continue
             best = self._best_params(c.name)
-            done = st.confirm_done(self.optuna_study(c.name, "confirm"), st.confirm_key(best)) if best else set()
+            done = (
+                st.confirm_done(self.optuna_study(c.name, "confirm"), st.confirm_key(best))
+                if best is not None
+                else set()
+            )
             jobs += [Job("confirm", c.name, seed=s) for s in self._confirm_seeds(self.plan.budget) if s not in done]
         return jobs
 
@@ -625,23 +637,30 @@ class Runner:
     def finish_remaining(self) -> None:
         """Until the whole study is finished: run what became claimable (confirms after tuning, retries of lost
         trials), else sleep `poll_s` while other workers run theirs."""
+        idle = 0
         while todo := self.pending():
             ran = False
             for job in todo:
                 if msg := self._do(job, None):
                     ran = True
                     self._say(msg)
-            if not ran:
-                self._note_waiting()
-                time.sleep(self.poll_s)
+            if ran:
+                idle = 0
+                continue
+            idle = 0 if self._note_waiting() else idle + 1
+            if idle > STUCK_POLLS:  # nobody holds a trial, yet the work stays undone: waiting would never end
+                left = ", ".join(map(str, todo))
+                raise StudyError(f"study {self.spec.name!r} is stuck: {left} cannot be claimed and no worker runs them")
+            time.sleep(self.poll_s)
 
-    def _note_waiting(self) -> None:
-        """Say (once per change) which workers this one waits for: a stuck wait names its culprit."""
-        running = (TrialState.RUNNING,)
-        held = {t.user_attrs.get("worker", "?") for s in self.studies.values() for t in s.get_trials(states=running)}
+    def _note_waiting(self) -> bool:
+        """Say (once per change) which workers this one waits for: a stuck wait names its culprit. True if any."""
+        busy = (TrialState.RUNNING, TrialState.WAITING)
+        held = {t.user_attrs.get("worker", "?") for s in self.studies.values() for t in s.get_trials(states=busy)}
         if held and held != self._waiting_on:
             self._say(f"waiting for trials running on {', '.join(sorted(held))}")
         self._waiting_on = held
+        return bool(held)
 
     def _say(self, msg: str) -> None:
         if self.spec.progress:
@@ -668,8 +687,9 @@ class Runner:
     def collect(self) -> StudyResult:
         """Everything finished so far, from the storage."""
         names = [c.name for c in self.spec.candidates]
+        published = {c.name: c.published for c in self.spec.candidates if c.published}
         return report.collect(
-            self.storage, self.spec.name, names, self.spec.reference, self.spec.dataset, self.shown_url
+            self.storage, self.spec.name, names, self.spec.reference, self.spec.dataset, self.shown_url, published
         )
 
     def write_results(self, plan_text: str) -> StudyResult:
@@ -731,6 +751,10 @@ def _history(metrics: MetricsCB) -> list[dict[str, float]]:
         row = rows.setdefault(r["epoch"], {"epoch": r["epoch"]})
         row[f"{kind}_loss"], row[f"{kind}_accuracy"] = _finite(r["loss"]), _finite(r["accuracy"])
     return [rows[k] for k in sorted(rows)]
+
+
+def _json_safe(v: Any) -> Any:
+    return v if isinstance(v, (bool, int, float, str)) or v is None else getattr(v, "__name__", None) or repr(v)
 
 
 def _finite(x: float) -> float | None:

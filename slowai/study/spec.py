@@ -52,19 +52,24 @@ def check_model_name(model: str) -> None:
 @dataclass(frozen=True)
 class Candidate:
     """One arm of the comparison: a registry model name, fixed model kwargs (e.g. `act=nn.ReLU`), a training recipe
-    (see `slowai.train.RECIPES`) and optionally its own search space (else the study's)."""
+    (see `slowai.train.RECIPES`), optionally its own search space (else the study's) and published accuracies to
+    print beside ours (`{"valid": 0.9184, "test": 0.91}`, fractions)."""
 
     name: str
     model: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     recipe: str = "onecycle"
     space: SearchSpace | None = None
+    published: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         from slowai.train import RECIPES
 
         if self.recipe not in RECIPES:
             raise StudyError(f"candidate {self.name!r}: unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
+        for k, v in (self.published or {}).items():
+            if k not in ("valid", "test") or not 0 <= v <= 1:
+                raise StudyError(f"candidate {self.name!r}: published {k}={v!r}; use keys valid/test, fractions 0..1")
 
     def build(self, in_chans: int, num_classes: int, **tuned: Any) -> nn.Module:
         """A fresh model; `tuned` are model kwargs drawn by the search space."""
