@@ -213,6 +213,7 @@ def test_published_numbers_get_a_column_and_the_gap_is_stated(tmp_path):
 
     def run(seed, test, valid):
         attrs = {"seed": seed, "test_accuracy": test, "best_valid_accuracy": valid, "params": 10, "mflops": 1.0}
+        attrs["history"] = [{"epoch": 0}, {"epoch": 1}]
         return create_trial(value=test, params={}, distributions={}, user_attrs=attrs)
 
     ours = report.CandidateResult("resnet", [run(0, 0.89, 0.90), run(1, 0.91, 0.92)], None, {"complete": 1})
@@ -223,3 +224,4 @@ def test_published_numbers_get_a_column_and_the_gap_is_stated(tmp_path):
     assert "| resnet | 2 | 91.00 | 90.00 ± 12.71 | reference |" in table and "| 91.84 / 91.00 |" in table
     text = report._data_text(res)
     assert "cifar10 read from `/data/c.npz`: 90% JPEG-decoded." in text and "`resnet` -1.00" in text
+    assert "these confirm runs trained 2 epochs" in text

@@ -326,9 +326,11 @@ def _data_text(res: StudyResult) -> str:
             for c in res.candidates
             if c.acc is not None and c.published and "test" in c.published
         ]
+        epochs = sorted({len(t.user_attrs.get("history", [])) for c in res.candidates for t in c.runs})
         text += (
-            " Published numbers are the reference's own runs (its data, its epochs); the gap to them, in test "
-            "accuracy points: " + (", ".join(gaps) if gaps else "n/a (nothing confirmed yet)") + "."
+            " Published numbers are the reference's own runs (its copy of the data, its training length; these "
+            f"confirm runs trained {'/'.join(map(str, epochs)) or 'n/a'} epochs), so the gap to them, in test "
+            "accuracy points, mixes both: " + (", ".join(gaps) if gaps else "n/a (nothing confirmed yet)") + "."
         )
     return text
 
