@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -306,3 +308,28 @@ def test_work_nobody_can_claim_is_an_error_not_an_endless_wait(tmp_path, monkeyp
     monkeypatch.setattr(runner, "_do", lambda job, bar: None)  # every claim refused, and no worker holds a trial
     with pytest.raises(StudyError, match="is stuck: conv tune, plain tune cannot be claimed and no worker runs them"):
         runner.finish_remaining()
+
+
+def test_workers_starting_together_on_a_fresh_database_all_open_it(pg_url):
+    """The first opens race to create Optuna's tables; PostgreSQL fails the losers with a duplicate pg_type key."""
+    import sqlalchemy as sa
+
+    schema = f"fresh_{uuid.uuid4().hex[:8]}"  # an empty schema stands in for a new database
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = f"{pg_url}{'&' if '?' in pg_url else '?'}options=-csearch_path%3D{schema}"
+    barrier = threading.Barrier(6)
+
+    def open_together(_):
+        barrier.wait()
+        return open_storage(url)
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            storages = list(pool.map(open_together, range(6)))
+        assert len(storages) == 6 and existing_names(storages[0]) == set()
+    finally:
+        with engine.begin() as c:
+            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import re
 import socket
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 URL_SCHEMES = (*RDB_SCHEMES, "redis", "rediss")
 CONNECT_TIMEOUT_S = 5  # a dead or firewalled database server fails the command in seconds, never hangs it
+SCHEMA_RACE_TRIES = 5  # workers starting together on a fresh database all try to create Optuna's tables
 RETRY_ATTRS = ("seed", "params_key")  # what a retried trial must keep: the confirm run it stands for
 
 
@@ -140,11 +142,27 @@ def _rdb(url: str, live: Liveness) -> RDBStorage:
     kwargs: dict[str, Any] = {}
     if _scheme(url) in ("postgresql", "mysql", "mariadb"):
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    for attempt in range(1, SCHEMA_RACE_TRIES):
+        try:
+            return _new_rdb(url, kwargs, live)
+        except Exception as e:
+            if not _lost_schema_race(e):
+                raise
+            time.sleep(0.1 * attempt)  # another worker created the tables meanwhile: the next try finds them
+    return _new_rdb(url, kwargs, live)
+
+
+def _new_rdb(url: str, engine_kwargs: dict[str, Any], live: Liveness) -> RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=live.heartbeat_interval, grace_period=live.grace_period
-        )
+        beats = {"heartbeat_interval": live.heartbeat_interval, "grace_period": live.grace_period}
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+
+
+def _lost_schema_race(e: BaseException) -> bool:
+    """Concurrent CREATE TABLE on PostgreSQL fails with a duplicate pg_type key or 'already exists'."""
+    text = str(e)
+    return "duplicate key value" in text or "already exists" in text
 
 
 def _first_line(e: BaseException) -> str:
