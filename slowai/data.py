@@ -273,8 +273,18 @@ class DataLoaders:
         train = TensorLoader(xtr, ytr, bs, shuffle=True, mean=mean, std=std, augment=augment)
         valid = TensorLoader(xva, yva, bs, mean=mean, std=std)
         test = None if x_test is None else TensorLoader(put(x_test), put(y_test), bs, mean=mean, std=std)
-        stats = {"mean": mean, "std": std, "source": source, "note": note, "device": device}
-        return cls(train, valid, test, name=name, classes=list(classes), **stats)
+        return cls(
+            train,
+            valid,
+            test,
+            name=name,
+            classes=list(classes),
+            mean=mean,
+            std=std,
+            source=source,
+            note=note,
+            device=device,
+        )
 
     def __repr__(self) -> str:
         sizes = "/".join(str(dl.n) if dl else "-" for dl in (self.train, self.valid, self.test))

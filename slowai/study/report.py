@@ -130,8 +130,7 @@ def collect(
 
     `published` maps candidate -> reference numbers to print beside ours, e.g. {"valid": 0.9184, "test": 0.91}."""
     names = st.existing_names(storage)
-    out = []
-    source: tuple[str | None, str] = (None, "")
+    out, seen = [], []
     for cand in candidates:
         tn, cn = (st.optuna_name(name, cand, s) for s in st.STAGES)
         tune = optuna.load_study(study_name=tn, storage=storage).get_trials() if tn in names else []
@@ -147,8 +146,7 @@ def collect(
             s.name.lower(): sum(t.state == s for t in tune) for s in TrialState if any(t.state == s for t in tune)
         }
         r = CandidateResult(cand, runs, best, counts, published=(published or {}).get(cand))
-        for t in runs or complete:
-            source = (t.user_attrs.get("data_source", source[0]), t.user_attrs.get("data_note", source[1]))
+        seen += runs or complete
         if runs:
             r.acc = mean_ci(r.accs)
             r.params, r.mflops = int(runs[0].user_attrs["params"]), float(runs[0].user_attrs["mflops"])
@@ -159,7 +157,13 @@ def collect(
     for c in out:
         if ref is not None and ref.runs and c.runs and c.name != reference:
             c.diff = welch_diff(c.accs, ref.accs)
-    return StudyResult(name, dataset, reference, url, out, storage, *source)
+    return StudyResult(name, dataset, reference, url, out, storage, *_data_source(seen))
+
+
+def _data_source(trials: list[FrozenTrial]) -> tuple[str | None, str]:
+    """Where the data came from and how faithful it is, as the trials recorded it (one dataset per study)."""
+    t = next((t for t in reversed(trials) if "data_source" in t.user_attrs), None)
+    return (None, "") if t is None else (t.user_attrs["data_source"], t.user_attrs.get("data_note", ""))
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -193,9 +197,13 @@ HEADERS = [
 PUBLISHED = "published valid / test %"
 
 
+def _has_published(res: StudyResult) -> bool:
+    return any(c.published for c in res.candidates)
+
+
 def headers(res: StudyResult) -> list[str]:
     """HEADERS, plus the published numbers' column when any candidate has them."""
-    return HEADERS + [PUBLISHED] * any(c.published for c in res.candidates)
+    return HEADERS + [PUBLISHED] if _has_published(res) else HEADERS
 
 
 def _published(p: Mapping[str, float] | None) -> str:
@@ -204,7 +212,7 @@ def _published(p: Mapping[str, float] | None) -> str:
 
 def table_rows(res: StudyResult) -> list[list[str]]:
     """The comparison table as strings, one row per candidate (reference first)."""
-    extra = len(headers(res)) > len(HEADERS)
+    extra = _has_published(res)
     order = sorted(res.candidates, key=lambda c: c.name != res.reference)
     rows = []
     for c in order:
@@ -320,7 +328,7 @@ def _data_text(res: StudyResult) -> str:
     if res.data_source is None:
         return f"{res.dataset}; source not recorded (trials from an older slowai)."
     text = f"{res.dataset} read from `{res.data_source}`" + (f": {res.data_note}." if res.data_note else ".")
-    if any(c.published for c in res.candidates):
+    if _has_published(res):
         gaps = [
             f"`{c.name}` {_signed(c.acc.mean - c.published['test'])}"
             for c in res.candidates

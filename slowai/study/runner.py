@@ -34,7 +34,7 @@ from slowai.study import plan as planning
 from slowai.study import report
 from slowai.study import storage as st
 from slowai.study.report import StudyResult
-from slowai.study.spec import Budget, Candidate, StudyError, StudySpec, split_hyperparams
+from slowai.study.spec import Budget, Candidate, StudyError, StudySpec, json_safe, split_hyperparams
 from slowai.study.tracking import TrackedRun, Tracker, WandbCB, offline_runs, resolve_mode
 from slowai.summary import Summary, summarize
 from slowai.train import evaluate, recipe
@@ -471,7 +471,7 @@ class Runner:
             "mflops": attrs["mflops"],
             "epochs": epochs,
             "train_size": dls.train.n,
-            "data_source": dls.source,
+            "data_source": attrs["data_source"],
             "bs": dls.train.bs,
             "model": cand.describe(),
         }
@@ -493,7 +493,7 @@ class Runner:
         attrs = self._attrs(cand, stage, seed, self.summary(cand, dls), dls)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        trial.set_user_attr("hyperparams", {k: _json_safe(v) for k, v in hp.items()})  # incl. ones not drawn
+        trial.set_user_attr("hyperparams", {k: json_safe(v) for k, v in hp.items()})  # incl. ones not drawn
         run = self._start_run(cand, stage, trial, hp, attrs, dls, epochs)
         trial.set_user_attr("wandb_run_id", run.id)
         try:
@@ -751,10 +751,6 @@ def _history(metrics: MetricsCB) -> list[dict[str, float]]:
         row = rows.setdefault(r["epoch"], {"epoch": r["epoch"]})
         row[f"{kind}_loss"], row[f"{kind}_accuracy"] = _finite(r["loss"]), _finite(r["accuracy"])
     return [rows[k] for k in sorted(rows)]
-
-
-def _json_safe(v: Any) -> Any:
-    return v if isinstance(v, (bool, int, float, str)) or v is None else getattr(v, "__name__", None) or repr(v)
 
 
 def _finite(x: float) -> float | None:

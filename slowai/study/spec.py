@@ -84,6 +84,11 @@ def _describe(v: Any) -> str:
     return v if isinstance(v, str) else getattr(v, "__name__", None) or repr(v)
 
 
+def json_safe(v: Any) -> Any:
+    """Scalars as they are, anything else (an activation class, a function) by its name: storable in attrs and W&B."""
+    return v if isinstance(v, (bool, int, float)) or v is None else _describe(v)
+
+
 def as_candidates(cands: Sequence[str | Candidate] | Mapping[str, Candidate]) -> list[Candidate]:
     """Names or Candidates → validated Candidates with unique names (a plain name is `Candidate(name, name)`)."""
     items = list(cands.values()) if isinstance(cands, Mapping) else list(cands)
