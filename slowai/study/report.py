@@ -385,6 +385,8 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
 
 
 def _plot_cost(res: StudyResult, plt: Any) -> Any:
+    from matplotlib import ticker
+
     done = [c for c in res.candidates if c.acc is not None]
     if not done:
         return None
@@ -397,6 +399,9 @@ def _plot_cost(res: StudyResult, plt: Any) -> Any:
             ax.errorbar(x, 100 * c.acc.mean, yerr=err, fmt="o", capsize=4, label=c.name)
             ax.annotate(c.name, (x, 100 * c.acc.mean), textcoords="offset points", xytext=(6, 6))
         ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy % (95% CI)")
+        plain = ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")  # "200", not "2 × 10^2"
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain if max(xs) / min(xs) < 10 else ticker.NullFormatter())
         ax.grid(alpha=0.3)
     axes[0].set_title("accuracy vs size")
     axes[1].set_title("accuracy vs time")
@@ -404,6 +409,8 @@ def _plot_cost(res: StudyResult, plt: Any) -> Any:
 
 
 def _plot_curves(res: StudyResult, plt: Any) -> Any:
+    from matplotlib import ticker
+
     done = [c for c in res.candidates if c.runs]
     if not done:
         return None
@@ -418,6 +425,7 @@ def _plot_curves(res: StudyResult, plt: Any) -> Any:
                 label=f"seed {t.user_attrs['seed']}",
             )
         ax.set(title=c.name, xlabel="epoch", ylabel="valid accuracy %")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     return fig
