@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from slowai.learner import Callback
+from slowai.core import Callback
 
 
 def _model_device(learn: Any) -> torch.device:

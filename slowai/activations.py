@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slowai.learner import Callback
+from slowai.core import Callback
 
 
 class ActivationStatsCB(Callback):

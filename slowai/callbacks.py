@@ -15,7 +15,8 @@ with warnings.catch_warnings():  # torcheval's import calls the deprecated torch
     warnings.simplefilter("ignore", FutureWarning)
     from torcheval.metrics import Mean, Metric, MulticlassAccuracy
 
-from slowai.learner import Callback, CancelFitException, LRFinderResult
+from slowai.core import Callback, CancelFitException
+from slowai.learner import Learner
 from slowai.utils import in_notebook
 
 
@@ -224,3 +225,54 @@ class LRFinderCB(Callback):
     @property
     def result(self) -> LRFinderResult:
         return LRFinderResult(self.lrs, self.losses)
+
+
+class LRFinderResult:
+    """Learning rates and losses of an lr_find sweep, with a `plot()` and a suggestion."""
+
+    def __init__(self, lrs: list[float], losses: list[float]) -> None:
+        self.lrs, self.losses = lrs, losses
+
+    @property
+    def suggestion(self) -> float:
+        """The lr of the steepest loss descent, a tenth of the lr at the minimum if there is no clear slope."""
+        import math
+
+        if len(self.losses) < 3:
+            return self.lrs[0] if self.lrs else float("nan")
+        best_i = min(range(len(self.losses)), key=self.losses.__getitem__)
+        slopes = [
+            (self.losses[i + 1] - self.losses[i]) / (math.log(self.lrs[i + 1]) - math.log(self.lrs[i]))
+            for i in range(best_i)
+        ]
+        if not slopes:
+            return self.lrs[best_i] / 10
+        return self.lrs[min(range(len(slopes)), key=slopes.__getitem__)]
+
+    def plot(self, ax: Any = None) -> Any:
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots()[1]
+        ax.plot(self.lrs, self.losses)
+        ax.set(xscale="log", xlabel="learning rate", ylabel="loss")
+        ax.axvline(self.suggestion, ls="--", c="gray")
+        return ax
+
+    def __repr__(self) -> str:
+        return f"LRFinderResult({len(self.lrs)} steps, suggestion={self.suggestion:.2e})"
+
+
+def lr_find(
+    learn: Learner, start_lr: float = 1e-6, gamma: float = 1.3, max_mult: float = 3.0, max_epochs: int = 10
+) -> LRFinderResult:
+    """Ramp the lr exponentially from `start_lr` until the loss diverges; weights are restored afterwards."""
+    state = {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
+    finder = LRFinderCB(gamma=gamma, max_mult=max_mult)
+    try:
+        learn.fit(max_epochs, valid=False, lr=start_lr, cbs=finder)
+    finally:
+        learn.model.load_state_dict(state)
+    return finder.result
+
+
+Learner.lr_find = lr_find  # a tool built from a callback, attached where the callback lives (as fastai does)

@@ -16,35 +16,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slowai.core import CANCEL, Callback, CancelBatchException, CancelEpochException, CancelFitException
 from slowai.utils import default_device, to_device
 
-
-class CancelFitException(Exception):
-    """Stop training now; `after_fit` is skipped, `cleanup_fit` still runs."""
+__all__ = ["Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "Learner", "TrainCB", "DeviceCB"]
 
 
-class CancelEpochException(Exception):
-    """Skip the rest of this epoch (train or valid pass); `cleanup_epoch` still runs."""
-
-
-class CancelBatchException(Exception):
-    """Skip the rest of this batch; `cleanup_batch` still runs."""
-
-
-_CANCEL = {"fit": CancelFitException, "epoch": CancelEpochException, "batch": CancelBatchException}
 # Steps that a callback implements (TrainCB by default): the Learner forwards them instead of hard-coding them.
 STEP_METHODS = ("predict", "get_loss", "backward", "step", "zero_grad")
-
-
-class Callback:
-    """A bag of event handlers; `order` sorts callbacks (lower runs first), `learn` is set when added to a Learner."""
-
-    order: int = 0
-    learn: Learner
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__
 
 
 class with_cbs:
@@ -54,7 +33,7 @@ class with_cbs:
         self.stage = stage
 
     def __call__(self, f: Callable) -> Callable:
-        stage, cancel = self.stage, _CANCEL[self.stage]
+        stage, cancel = self.stage, CANCEL[self.stage]
 
         def wrapped(learn: Learner, *args: Any, **kw: Any) -> None:
             try:
@@ -186,56 +165,6 @@ class Learner:
             self.step()
             self.callback("after_step")
             self.zero_grad()
-
-    # ---------------------------------------------------------------- tools
-    def lr_find(
-        self, start_lr: float = 1e-6, gamma: float = 1.3, max_mult: float = 3.0, max_epochs: int = 10
-    ) -> LRFinderResult:
-        """Ramp the lr exponentially from `start_lr` until the loss diverges; weights are restored afterwards."""
-        from slowai.callbacks import LRFinderCB
-
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        finder = LRFinderCB(gamma=gamma, max_mult=max_mult)
-        try:
-            self.fit(max_epochs, valid=False, lr=start_lr, cbs=finder)
-        finally:
-            self.model.load_state_dict(state)
-        return finder.result
-
-
-class LRFinderResult:
-    """Learning rates and losses of an lr_find sweep, with a `plot()` and a suggestion."""
-
-    def __init__(self, lrs: list[float], losses: list[float]) -> None:
-        self.lrs, self.losses = lrs, losses
-
-    @property
-    def suggestion(self) -> float:
-        """The lr of the steepest loss descent, a tenth of the lr at the minimum if there is no clear slope."""
-        import math
-
-        if len(self.losses) < 3:
-            return self.lrs[0] if self.lrs else float("nan")
-        best_i = min(range(len(self.losses)), key=self.losses.__getitem__)
-        slopes = [
-            (self.losses[i + 1] - self.losses[i]) / (math.log(self.lrs[i + 1]) - math.log(self.lrs[i]))
-            for i in range(best_i)
-        ]
-        if not slopes:
-            return self.lrs[best_i] / 10
-        return self.lrs[min(range(len(slopes)), key=slopes.__getitem__)]
-
-    def plot(self, ax: Any = None) -> Any:
-        import matplotlib.pyplot as plt
-
-        ax = ax or plt.subplots()[1]
-        ax.plot(self.lrs, self.losses)
-        ax.set(xscale="log", xlabel="learning rate", ylabel="loss")
-        ax.axvline(self.suggestion, ls="--", c="gray")
-        return ax
-
-    def __repr__(self) -> str:
-        return f"LRFinderResult({len(self.lrs)} steps, suggestion={self.suggestion:.2e})"
 
 
 class TrainCB(Callback):

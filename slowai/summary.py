@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from slowai.learner import Callback, CancelFitException
+from slowai.core import Callback, CancelFitException
 from slowai.utils import in_notebook
 
 COLUMNS = ["Type", "Input shape", "Output shape", "N. params", "MFLOPs/sample"]

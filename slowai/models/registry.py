@@ -26,17 +26,19 @@ def list_models() -> dict[str, str]:
     return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
 
 
-def create_model(name: str, in_chans: int = 1, num_classes: int = 10, **kw) -> nn.Module:
-    """Build a registered model, or any timm model as `timm/<name>`."""
+def create_model(name: str, in_chans: int | None = None, num_classes: int | None = None, **kw) -> nn.Module:
+    """Build a registered model, or any timm model as `timm/<name>`; `in_chans`/`num_classes` left out keep the
+    factory's own defaults (a CIFAR-10 model stays 3-channel)."""
+    kw |= {k: v for k, v in (("in_chans", in_chans), ("num_classes", num_classes)) if v is not None}
     if name.startswith("timm/"):
         import timm
 
         timm_name = name.removeprefix("timm/")
         if not timm.is_model(timm_name):
             raise ValueError(f"unknown timm model {timm_name!r}; see timm.list_models()")
-        return timm.create_model(timm_name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kw)
+        return timm.create_model(timm_name, pretrained=False, **kw)
     if name not in _REGISTRY:
         valid = ", ".join(list_models()) + ", timm/<any timm model>"
         raise ValueError(f"unknown model {name!r}; valid names: {valid}")
     fn, _ = _REGISTRY[name]
-    return fn(in_chans=in_chans, num_classes=num_classes, **kw)
+    return fn(**kw)

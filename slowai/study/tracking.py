@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slowai.callbacks import MetricsCB
-from slowai.learner import Callback
+from slowai.core import Callback
 
 INIT_TIMEOUT_S = 90.0
 
