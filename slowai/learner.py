@@ -19,7 +19,15 @@ import torch.nn.functional as F
 from slowai.core import CANCEL, Callback, CancelBatchException, CancelEpochException, CancelFitException
 from slowai.utils import default_device, to_device
 
-__all__ = ["Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "Learner", "TrainCB", "DeviceCB"]
+__all__ = [
+    "Callback",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelFitException",
+    "Learner",
+    "TrainCB",
+    "DeviceCB",
+]
 
 
 # Steps that a callback implements (TrainCB by default): the Learner forwards them instead of hard-coding them.
