@@ -2,8 +2,22 @@
 
 from slowai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB, accel_cbs
 from slowai.activations import ActivationStatsCB
-from slowai.callbacks import LRFinderCB, MetricsCB, MultiStepCB, OneCycleCB, ProgressCB, RecorderCB
-from slowai.data import DataLoaders, TensorLoader, cifar10, fashion_mnist, random_resized_crop_flip, resolve_root
+from slowai.callbacks import LRFinderCB, MetricsCB, ProgressCB, RecorderCB
+from slowai.data import (
+    DataLoaders,
+    TensorLoader,
+    UnknownDatasetError,
+    cifar10,
+    create_dataset,
+    digits,
+    fashion_mnist,
+    from_tensors,
+    image_folder,
+    list_datasets,
+    random_resized_crop_flip,
+    register_dataset,
+    resolve_root,
+)
 from slowai.layers import Conv, DoubleConvBlock, GeneralReLU, ResidualConvBlock, init_leaky_weights
 from slowai.learner import (
     Callback,
@@ -15,9 +29,20 @@ from slowai.learner import (
     TrainCB,
 )
 from slowai.models import CNN, DeeperCNN, create_model, list_models, register_model
-from slowai.study import Budget, Candidate, StudyError, StudyResult, StudySpec, run_study
+from slowai.optim import create_optimizer, list_optimizers, register_optimizer
+from slowai.schedules import (
+    ConstantCB,
+    CosineCB,
+    MultiStepCB,
+    OneCycleCB,
+    ScheduleCB,
+    create_schedule,
+    list_schedules,
+    register_schedule,
+)
+from slowai.study import Budget, Candidate, StudyError, StudyResult, StudySpec, TrialContext, load_model, run_study
 from slowai.summary import Summary, SummaryCB, summarize
-from slowai.train import evaluate, fit_with_schedule, train_1cycle, train_multistep
+from slowai.train import RECIPES, Recipe, evaluate, fit_with_schedule, register_recipe, train_1cycle, train_multistep
 from slowai.utils import default_device, set_seed
 
 __version__ = "0.1.0"
@@ -27,13 +52,15 @@ __all__ = [
     "Budget",
     "CNN",
     "Callback",
-    "ChannelsLastCB",
-    "CompileCB",
     "CancelBatchException",
     "CancelEpochException",
     "CancelFitException",
     "Candidate",
+    "ChannelsLastCB",
+    "CompileCB",
+    "ConstantCB",
     "Conv",
+    "CosineCB",
     "DataLoaders",
     "DeeperCNN",
     "DeviceCB",
@@ -46,8 +73,11 @@ __all__ = [
     "MultiStepCB",
     "OneCycleCB",
     "ProgressCB",
+    "RECIPES",
+    "Recipe",
     "RecorderCB",
     "ResidualConvBlock",
+    "ScheduleCB",
     "StudyError",
     "StudyResult",
     "StudySpec",
@@ -55,17 +85,33 @@ __all__ = [
     "SummaryCB",
     "TensorLoader",
     "TrainCB",
+    "TrialContext",
+    "UnknownDatasetError",
     "accel_cbs",
     "cifar10",
+    "create_dataset",
     "create_model",
+    "create_optimizer",
+    "create_schedule",
     "default_device",
+    "digits",
     "evaluate",
     "fashion_mnist",
     "fit_with_schedule",
+    "from_tensors",
+    "image_folder",
     "init_leaky_weights",
+    "list_datasets",
     "list_models",
+    "list_optimizers",
+    "list_schedules",
+    "load_model",
     "random_resized_crop_flip",
+    "register_dataset",
     "register_model",
+    "register_optimizer",
+    "register_recipe",
+    "register_schedule",
     "resolve_root",
     "run_study",
     "set_seed",

@@ -1,4 +1,4 @@
-"""Callbacks for metrics, progress, schedules and lr finding: everything beyond the bare step lives here."""
+"""Callbacks for metrics, progress, lr recording and lr finding (the lr schedules live in `slowai.schedules`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import warnings
 from typing import Any
 
 from fastprogress.fastprogress import master_bar, progress_bar
-from torch.optim.lr_scheduler import MultiStepLR, OneCycleLR
 
 with warnings.catch_warnings():  # torcheval's import calls the deprecated torch.jit.script
     warnings.simplefilter("ignore", FutureWarning)
@@ -17,6 +16,9 @@ with warnings.catch_warnings():  # torcheval's import calls the deprecated torch
 
 from slowai.core import Callback, CancelFitException
 from slowai.learner import Learner
+from slowai.schedules import MultiStepCB as MultiStepCB  # re-exported: the schedules used to live here
+from slowai.schedules import OneCycleCB as OneCycleCB
+from slowai.schedules import ScheduleCB
 from slowai.utils import in_notebook
 
 
@@ -125,43 +127,6 @@ class ProgressCB(Callback):
             self.pb.comment = f"{self.learn.loss.item():.3f}"
 
 
-class OneCycleCB(Callback):
-    """torch's OneCycleLR over the whole fit, stepped once per training batch (momentum cycles too)."""
-
-    order = 10
-
-    def __init__(self, max_lr: float | None = None, **kw: Any) -> None:
-        self.max_lr, self.kw = max_lr, kw
-
-    def before_fit(self) -> None:
-        total = self.learn.n_epochs * len(self.learn.dls.train)
-        max_lr = self.max_lr if self.max_lr is not None else self.learn.lr_used
-        self.sched = OneCycleLR(self.learn.opt, max_lr=max_lr, total_steps=total, **self.kw)
-
-    def after_step(self) -> None:
-        if self.sched.last_epoch < self.sched.total_steps:
-            self.sched.step()
-
-
-class MultiStepCB(Callback):
-    """Multiply the lr by `gamma` at fractions `milestones` of the fit (the tutorial's ×0.1 at 60% and 85%)."""
-
-    order = OneCycleCB.order
-
-    def __init__(self, milestones: tuple[float, ...] = (0.6, 0.85), gamma: float = 0.1) -> None:
-        if not all(0 < m < 1 for m in milestones):
-            raise ValueError(f"milestones are fractions of training in (0, 1), got {milestones}")
-        self.milestones, self.gamma = milestones, gamma
-
-    def before_fit(self) -> None:
-        total = self.learn.n_epochs * len(self.learn.dls.train)
-        steps = sorted({round(m * total) for m in self.milestones})
-        self.sched = MultiStepLR(self.learn.opt, milestones=steps, gamma=self.gamma)
-
-    def after_step(self) -> None:
-        self.sched.step()
-
-
 def _momentum(group: dict[str, Any]) -> float:
     """SGD's momentum or Adam's beta1, whichever the optimizer has."""
     return group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
@@ -170,7 +135,7 @@ def _momentum(group: dict[str, Any]) -> float:
 class RecorderCB(Callback):
     """Record the lr and momentum of every training batch (plain floats from the optimizer: no host sync)."""
 
-    order = OneCycleCB.order + 1
+    order = ScheduleCB.order + 1
 
     def before_fit(self) -> None:
         self.lrs: list[float] = []
@@ -200,7 +165,7 @@ class LRFinderCB(Callback):
     A diagnostic, not the training hot loop, so it reads the loss every batch.
     """
 
-    order = OneCycleCB.order
+    order = ScheduleCB.order
 
     def __init__(self, gamma: float = 1.3, max_mult: float = 3.0) -> None:
         self.gamma, self.max_mult = gamma, max_mult

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slowai.core import CANCEL, Callback, CancelBatchException, CancelEpochException, CancelFitException
-from slowai.utils import default_device, to_device
+from slowai.utils import resolve_device, to_device
 
 __all__ = [
     "Callback",
@@ -203,7 +203,7 @@ class DeviceCB(Callback):
     order = -20
 
     def __init__(self, device: torch.device | str | None = None) -> None:
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
 
     def before_fit(self) -> None:
         self.learn.model.to(self.device)

@@ -1,8 +1,9 @@
-"""Ready-made recipes over the Learner (one-cycle AdamW, the tutorial's multi-step SGD) and a sync-free evaluation."""
+"""Named recipes (optimizer + lr schedule by registry name), ready-made fits over the Learner, a sync-free eval."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -10,25 +11,57 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slowai.callbacks import MetricsCB, MultiStepCB, OneCycleCB, ProgressCB
+from slowai.callbacks import MetricsCB, ProgressCB
 from slowai.learner import Callback, DeviceCB, Learner
+from slowai.optim import create_optimizer
+from slowai.schedules import MultiStepCB, OneCycleCB, ScheduleCB, check_schedule, create_schedule
 
-# The CIFAR-10 tutorial's optimizers: SGD for its ResNets, AdamW for GoogleNet and DenseNet.
-TUTORIAL_SGD = partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-4)
-TUTORIAL_ADAMW = partial(torch.optim.AdamW, weight_decay=1e-4)
 
-# name -> (optimizer class, default weight decay, lr schedule callback): what a study candidate trains with.
-RECIPES: dict[str, tuple[Callable[..., torch.optim.Optimizer], float, Callable[[], Callback]]] = {
-    "onecycle": (torch.optim.AdamW, 0.01, OneCycleCB),
-    "tutorial_sgd": (partial(torch.optim.SGD, momentum=0.9), 1e-4, MultiStepCB),
-    "tutorial_adamw": (torch.optim.AdamW, 1e-4, MultiStepCB),
+@dataclass(frozen=True)
+class Recipe:
+    """An optimizer and an lr schedule by registry name, with their keywords: what a study candidate trains with."""
+
+    opt: str
+    opt_kw: dict[str, Any]
+    sched: str
+    sched_kw: dict[str, Any]
+
+    def opt_func(self, **overrides: Any) -> Callable[..., torch.optim.Optimizer]:
+        """The Learner's `opt_func(params, lr=...)`, with `overrides` (e.g. a tuned weight_decay) over `opt_kw`."""
+        return partial(create_optimizer, self.opt, **(self.opt_kw | overrides))
+
+    def schedule(self) -> ScheduleCB:
+        """A fresh schedule callback (callbacks hold per-fit state, so each fit gets its own)."""
+        return create_schedule(self.sched, **self.sched_kw)
+
+
+RECIPES: dict[str, Recipe] = {
+    "onecycle": Recipe("adamw", {"weight_decay": 0.01}, "onecycle", {}),
+    "tutorial_sgd": Recipe("sgd", {"momentum": 0.9, "weight_decay": 1e-4}, "multistep", {}),
+    "tutorial_adamw": Recipe("adamw", {"weight_decay": 1e-4}, "multistep", {}),
 }
 
+# The CIFAR-10 tutorial's optimizers: SGD for its ResNets, AdamW for GoogleNet and DenseNet.
+TUTORIAL_SGD = RECIPES["tutorial_sgd"].opt_func()
+TUTORIAL_ADAMW = RECIPES["tutorial_adamw"].opt_func()
 
-def recipe(name: str, weight_decay: float | None = None) -> tuple[Callable[..., torch.optim.Optimizer], Callback]:
+
+def register_recipe(name: str, recipe: Recipe) -> Recipe:
+    """Add a named recipe for study candidates; its optimizer and schedule are checked now, not at the first trial."""
+    if name in RECIPES:
+        raise ValueError(f"recipe {name!r} is already registered")
+    create_optimizer(recipe.opt, [torch.nn.Parameter(torch.zeros(1))], lr=1e-3, **recipe.opt_kw)
+    check_schedule(recipe.sched, recipe.sched_kw)
+    RECIPES[name] = recipe
+    return recipe
+
+
+def recipe(name: str, weight_decay: float | None = None) -> tuple[Callable[..., torch.optim.Optimizer], ScheduleCB]:
     """(optimizer factory, schedule callback) of a named recipe, with `weight_decay` or the recipe's default."""
-    opt, default_wd, schedule = RECIPES[name]
-    return partial(opt, weight_decay=default_wd if weight_decay is None else weight_decay), schedule()
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; registered: {', '.join(RECIPES)}")
+    r = RECIPES[name]
+    return r.opt_func(**({} if weight_decay is None else {"weight_decay": weight_decay})), r.schedule()
 
 
 def train_1cycle(

@@ -19,6 +19,11 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """`device` as a torch.device, or `default_device()` when None: the one place that picks a default."""
+    return torch.device(device) if device is not None else default_device()
+
+
 def set_seed(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
     random.seed(seed)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slowai import data as D
-from slowai.data import DataLoaders, TensorLoader, random_resized_crop_flip
+from slowai.data import DataLoaders, TensorLoader, random_resized_crop_flip, sources
 from slowai.utils import set_seed
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -312,7 +312,7 @@ def test_accepted_layouts_under_a_root(tmp_path):
 
 
 def test_an_explicit_root_that_does_not_exist_fails_at_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_download", lambda *a: pytest.fail("must not try to download"))
+    monkeypatch.setattr(sources, "_download", lambda *a: pytest.fail("must not try to download"))
     with pytest.raises(FileNotFoundError, match="does not exist") as e:
         D.cifar10(root=tmp_path / "missing")
     assert str(tmp_path / "missing") in str(e.value)
@@ -322,7 +322,7 @@ def test_no_copy_anywhere_gives_one_error_listing_every_path_tried(tmp_path, mon
     def offline(dataset, target):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(D, "_download", offline)
+    monkeypatch.setattr(sources, "_download", offline)
     with pytest.raises(D.DatasetNotFoundError) as e:
         D.resolve_root("cifar10", tmp_path)  # explicit root: searched alone, no fallback
     msg = str(e.value)

@@ -19,14 +19,8 @@ import pytest
 from optuna.trial import TrialState
 
 from slowai.study import Budget, StudySpec, main, read_offline_run, run_study
-from slowai.study.storage import (
-    FINISHED,
-    confirm_key,
-    existing_names,
-    fail_lost_trials,
-    open_storage,
-    optuna_name,
-)
+from slowai.study.claims import FINISHED, confirm_key, fail_lost_trials
+from slowai.study.storage import existing_names, open_storage, optuna_name
 from slowai.study.tracking import offline_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,9 +299,10 @@ def test_work_nobody_can_claim_is_an_error_not_an_endless_wait(tmp_path, monkeyp
     runner = Runner(spec, budget=tiny, log=lambda s: None, worker_id=0, poll_s=0.01)
     runner.prepare()
     runner.open()
-    monkeypatch.setattr(runner, "_do", lambda job, bar: None)  # every claim refused, and no worker holds a trial
+    scheduler = runner.scheduler()
+    monkeypatch.setattr(scheduler, "do", lambda job, bar: None)  # every claim refused, and no worker holds a trial
     with pytest.raises(StudyError, match="is stuck: conv tune, plain tune cannot be claimed and no worker runs them"):
-        runner.finish_remaining()
+        scheduler.finish_remaining()
 
 
 def test_workers_starting_together_on_a_fresh_database_all_open_it(pg_url):

@@ -81,33 +81,42 @@ class DeeperCNN(CNN):
         return self._stack(block(in_chans, nfs[0], ks=5, stride=1, act=act), nfs, n_outputs, block, act)
 
 
-def _build(cls: type[CNN], in_chans: int, num_classes: int, init: str = "leaky", **kw: Any) -> CNN:
-    """Registry helper: `init="leaky"` applies init_leaky_weights, `init="default"` keeps PyTorch's init."""
+def _build(
+    cls: type[CNN], in_chans: int, num_classes: int, init: str = "leaky", width: int | None = None, **kw: Any
+) -> CNN:
+    """Registry helper: `init="leaky"` applies init_leaky_weights, `init="default"` keeps PyTorch's init;
+    `width=w` sets nfs to (w, 2w, 4w, ...), one knob for a search space (the notebook's nets are width 8)."""
     if init not in ("leaky", "default"):
         raise ValueError(f"unknown init {init!r}; use 'leaky' or 'default'")
+    if width is not None:
+        if "nfs" in kw:
+            raise ValueError("give either width or nfs, not both")
+        if int(width) < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        kw["nfs"] = tuple(int(width) * 2**i for i in range(5 if issubclass(cls, DeeperCNN) else 4))
     make = cls.kaiming if init == "leaky" else cls
     return make(n_outputs=num_classes, in_chans=in_chans, **kw)
 
 
 @register_model("cnn", "5-block stride-2 CNN of Conv blocks (notebook baseline)")
 def cnn(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
-    """Notebook baseline CNN; accepts nfs, block, act, init."""
+    """Notebook baseline CNN; accepts nfs or width, block, act, init."""
     return _build(CNN, in_chans, num_classes, **kw)
 
 
 @register_model("conv", "DeeperCNN of single Conv blocks (6 convs)")
 def conv(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
-    """DeeperCNN with one Conv per block; accepts nfs, act, init."""
+    """DeeperCNN with one Conv per block; accepts nfs or width, act, init."""
     return _build(DeeperCNN, in_chans, num_classes, block=Conv, **kw)
 
 
 @register_model("plain", "DeeperCNN of DoubleConvBlocks: residual's depth without skips")
 def plain(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
-    """DeeperCNN with two Convs per block and no identity path; accepts nfs, act, init."""
+    """DeeperCNN with two Convs per block and no identity path; accepts nfs or width, act, init."""
     return _build(DeeperCNN, in_chans, num_classes, block=DoubleConvBlock, **kw)
 
 
 @register_model("residual", "DeeperCNN of ResidualConvBlocks (skip connections)")
 def residual(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
-    """DeeperCNN with ResidualConvBlocks; accepts nfs, act, init."""
+    """DeeperCNN with ResidualConvBlocks; accepts nfs or width, act, init."""
     return _build(DeeperCNN, in_chans, num_classes, block=ResidualConvBlock, **kw)

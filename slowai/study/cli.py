@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import optuna
 
-from slowai.data import DatasetNotFoundError
+from slowai.data import DatasetNotFoundError, list_datasets
 from slowai.study.spec import (
-    DATASETS,
     PRUNERS,
     WANDB_MODES,
+    CallbackFactory,
     Candidate,
     SearchSpace,
     StudyError,
@@ -41,16 +42,25 @@ def positive_int(text: str) -> int:
     return v
 
 
-def build_parser(name: str, candidates: Sequence[str | Candidate], description: str = "") -> argparse.ArgumentParser:
-    """Every study's flags; defaults: all `candidates`, Fashion-MNIST, an automatic budget that fits the hour."""
+def build_parser(
+    name: str, candidates: Sequence[str | Candidate], description: str = "", dataset: str = "fashion_mnist"
+) -> argparse.ArgumentParser:
+    """Every study's flags; defaults: all `candidates`, `dataset`, an automatic budget that fits the hour."""
     names = [c.name if isinstance(c, Candidate) else c for c in candidates]
+    datasets = sorted({*list_datasets(), dataset})
     p = argparse.ArgumentParser(
         prog=f"python -m studies.{name}",
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("--dataset", choices=DATASETS, default="fashion_mnist", help="dataset (default: %(default)s)")
+    a(
+        "--dataset",
+        choices=datasets,
+        default=dataset,
+        metavar="NAME",
+        help=f"one of: {', '.join(datasets)} (default: %(default)s; register more with slowai.register_dataset)",
+    )
     a(
         "--candidates",
         nargs="+",
@@ -90,6 +100,10 @@ def build_parser(name: str, candidates: Sequence[str | Candidate], description: 
     a("--quick", action="store_true", help="smoke run: 512 images, 1 epoch, 2 trials, 2 seeds (a few minutes)")
     a("--plan-only", action="store_true", help="print the plan and estimated time, then exit")
     a("--no-progress", action="store_true", help="no progress bars or per-trial lines")
+    a("--amp", action="store_true", help="bf16 autocast for forward and loss (GPU; ignored on CPU)")
+    flag = argparse.BooleanOptionalAction
+    a("--compile", action=flag, help="torch.compile every model (default: where a run is long enough to pay off)")
+    a("--channels-last", action=flag, help="NHWC memory format (default: where it measurably pays)")
     a(
         "--workers",
         type=positive_int,
@@ -128,17 +142,29 @@ def main(
     description: str = "",
     space: SearchSpace = default_space,
     reference: str | None = None,
+    dataset: str | Callable[..., Any] = "fashion_mnist",
+    data_kwargs: Mapping[str, Any] | None = None,
+    callbacks: Sequence[CallbackFactory] = (),
 ) -> int:
-    """Parse `argv`, run the study, return the exit status (0, or 2 with one `error:` line on stderr)."""
+    """Parse `argv`, run the study, return the exit status (0, or 2 with one `error:` line on stderr).
+
+    `dataset` is the default of `--dataset`: a registered name, or a factory returning DataLoaders (then known to
+    the command line by its function name); `callbacks` are added to every training run (see StudySpec)."""
     from slowai.study.runner import run_study
 
-    args = build_parser(name, candidates, description).parse_args(argv)
+    default_name = dataset if isinstance(dataset, str) else getattr(dataset, "__name__", "custom")
+    args = build_parser(name, candidates, description, default_name).parse_args(argv)
     study_name = args.study_name or f"{name}-{args.dataset}" + ("-quick" if args.quick else "")
     try:
         spec = StudySpec(
             name=study_name,
             candidates=_candidates(args.candidates, candidates),
-            dataset=args.dataset,
+            dataset=dataset if args.dataset == default_name else args.dataset,
+            data_kwargs=dict(data_kwargs or {}),
+            callbacks=tuple(callbacks),
+            amp=args.amp,
+            compile=args.compile,
+            channels_last=args.channels_last,
             space=space,
             reference=args.reference or reference,
             pruner=args.pruner,

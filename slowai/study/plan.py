@@ -7,6 +7,7 @@ ladder of presets by an estimate from real measurements on this machine, and the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from slowai.data import DataLoaders
-from slowai.study.spec import Budget, Candidate
+from slowai.study.spec import Budget, Candidate, StudySpec
 
 # Biggest first. CPU presets keep a 60-minute default possible on two cores; GPU presets are tried first on CUDA.
 CPU_PRESETS = (
@@ -88,17 +89,9 @@ class DataSizes:
     confirm_test: int
 
 
-def sizes_for(budget: Budget, full_train: int, full_valid: int, full_test: int) -> DataSizes:
-    """Split sizes under `budget`'s subsets, with the data module's subset rule (valid/test keep subset // 5)."""
-
-    def cut(subset: int | None) -> tuple[int, int, int]:
-        if subset is None:
-            return full_train, full_valid, full_test
-        k = max(subset // 5, 1)
-        return min(subset, full_train), min(k, full_valid), min(k, full_test)
-
-    tt, tv, _ = cut(budget.tune_subset)
-    ct, cv, cte = cut(budget.confirm_subset)
+def sizes_for(budget: Budget, sizes: Callable[[int | None], tuple[int, int, int]]) -> DataSizes:
+    """Split sizes under `budget`'s subsets, as the dataset itself splits them (`sizes(subset)`)."""
+    (tt, tv, _), (ct, cv, cte) = sizes(budget.tune_subset), sizes(budget.confirm_subset)
     return DataSizes(tt, tv, ct, cv, cte)
 
 
@@ -124,17 +117,21 @@ def estimate(
     speed: dict[str, Throughput],
     pruner: str,
     todo: dict[str, tuple[int, int]] | None = None,
+    speedups: dict[str, tuple[float, float]] | None = None,
 ) -> Estimate:
-    """Seconds for the work left: `todo[candidate] = (tune trials, confirm seeds)` still to run (all by default)."""
+    """Seconds for the work left: `todo[candidate] = (tune trials, confirm seeds)` still to run (all by default);
+    `speedups[candidate] = (throughput factor, seconds added per run)` of its accelerations (compile, ...)."""
     est = Estimate()
-    for name, tp in speed.items():
+    for name, eager in speed.items():
+        factor, per_run = (speedups or {}).get(name, (1.0, 0.0))
+        tp = Throughput(eager.train_ips * factor, eager.eval_ips * factor)
         n_tune, n_conf = todo[name] if todo is not None else (budget.trials, budget.seeds)
         tune_epoch = sizes.tune_train / tp.train_ips + sizes.tune_valid / tp.eval_ips
         conf_epoch = sizes.confirm_train / tp.train_ips + sizes.confirm_valid / tp.eval_ips
         shrink = PRUNED_FRACTION if pruner != "none" and budget.tune_epochs > 1 else 1.0
-        est.tune[name] = n_tune * (budget.tune_epochs * tune_epoch * shrink + RUN_OVERHEAD_S)
+        est.tune[name] = n_tune * (budget.tune_epochs * tune_epoch * shrink + RUN_OVERHEAD_S + per_run)
         test_s = sizes.confirm_test / tp.eval_ips
-        est.confirm[name] = n_conf * (budget.confirm_epochs * conf_epoch + test_s + RUN_OVERHEAD_S)
+        est.confirm[name] = n_conf * (budget.confirm_epochs * conf_epoch + test_s + RUN_OVERHEAD_S + per_run)
     return est
 
 
@@ -152,3 +149,48 @@ def fmt_seconds(s: float) -> str:
         return f"{s:.0f} s"
     m = round(s / 60)
     return f"{m} min" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+@dataclass
+class Plan:
+    """What will run and how long it should take; printed before any work starts."""
+
+    budget: Budget
+    sizes: DataSizes
+    speed: dict[str, Throughput]
+    estimate: Estimate
+    done: dict[str, tuple[int, int]]
+    fits: bool
+    target_s: float | None
+    device: torch.device
+    storage: str
+    accel: dict[str, list[str]] = field(default_factory=dict)
+
+    def describe(self, spec: StudySpec) -> str:
+        b, s, n = self.budget, self.sizes, len(spec.candidates)
+        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
+        speed = " · ".join(f"{k} {v.train_ips:,.0f}" for k, v in self.speed.items())
+        done_t = sum(d[0] for d in self.done.values())
+        done_c = sum(d[1] for d in self.done.values())
+        lines = [
+            f"Study {spec.name}: {', '.join(c.name for c in spec.candidates)} on {spec.dataset_name} "
+            f"({self.device.type}{threads}); reference: {spec.reference}",
+            f"  tune:    {n} candidates × {b.trials} trials × {b.tune_epochs} epochs × {s.tune_train:,} train / "
+            f"{s.tune_valid:,} valid images, TPE + {spec.pruner} pruning",
+            f"  confirm: {n} candidates × {b.seeds} seeds × {b.confirm_epochs} epochs × {s.confirm_train:,} train / "
+            f"{s.confirm_valid:,} valid, then {s.confirm_test:,} test images",
+        ]
+        if speed:
+            lines.append(f"  measured train throughput (img/s, eager): {speed}")
+        if self.accel:
+            lines.append("  speed-ups: " + " · ".join(f"{k} {'+'.join(v) or 'none'}" for k, v in self.accel.items()))
+        lines += [
+            f"  already done: {done_t}/{n * b.trials} tune trials, {done_c}/{n * b.seeds} confirm runs",
+            f"  estimated time: {fmt_seconds(self.estimate.total)} "
+            f"(tune {fmt_seconds(sum(self.estimate.tune.values()))}, "
+            f"confirm {fmt_seconds(sum(self.estimate.confirm.values()))})",
+            f"  storage: {self.storage}",
+        ]
+        if self.target_s is not None and not self.fits:
+            lines.append(f"  note: even the smallest preset exceeds the {fmt_seconds(self.target_s)} target here")
+        return "\n".join(lines)

@@ -20,13 +20,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from slowai.study import claims
 from slowai.study import storage as st
 from slowai.study.spec import Candidate
 from slowai.study.stats import DiffCI, MeanCI, mean_ci, welch_diff
 from slowai.summary import Summary, summarize
-
-INPUT_SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-N_CLASSES = 10
 
 
 @dataclass
@@ -44,6 +42,10 @@ class CandidateResult:
     seconds_per_epoch: float = math.nan
     wall_s: float = math.nan
     published: Mapping[str, float] | None = None
+
+    @property
+    def finished_tune(self) -> int:
+        return self.tune_counts.get("complete", 0) + self.tune_counts.get("pruned", 0)
 
     @property
     def accs(self) -> list[float]:
@@ -132,16 +134,10 @@ def collect(
     names = st.existing_names(storage)
     out, seen = [], []
     for cand in candidates:
-        tn, cn = (st.optuna_name(name, cand, s) for s in st.STAGES)
+        tn = st.optuna_name(name, cand, "tune")
         tune = optuna.load_study(study_name=tn, storage=storage).get_trials() if tn in names else []
         complete = [t for t in tune if t.state == TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value) if complete else None
-        runs: list[FrozenTrial] = []
-        if best is not None and cn in names:
-            key = st.confirm_key(best.params)
-            conf = optuna.load_study(study_name=cn, storage=storage).get_trials(states=(TrialState.COMPLETE,))
-            by_seed = {t.user_attrs["seed"]: t for t in conf if t.user_attrs.get("params_key") == key}
-            runs = [by_seed[s] for s in sorted(by_seed)]
+        best, runs = claims.confirmed_runs(storage, name, cand)
         counts = {
             s.name.lower(): sum(t.state == s for t in tune) for s in TrialState if any(t.state == s for t in tune)
         }
@@ -266,9 +262,18 @@ def write_rows(res: StudyResult, out: Path) -> None:
 
 
 def model_summaries(res: StudyResult, candidates: list[Candidate]) -> dict[str, Summary]:
-    """Per-layer summaries (cheap: one traced forward on a random batch of the dataset's input shape)."""
-    shape = INPUT_SHAPES[res.dataset]
-    return {c.name: summarize(c.build(shape[0], N_CLASSES), input_shape=shape) for c in candidates}
+    """Per-layer summaries of the models the confirm runs trained (tuned model kwargs and input shape included)."""
+    out = {}
+    for c in candidates:
+        r = next((x for x in res.candidates if x.name == c.name), None)
+        t = (r.runs or [r.best]) if r is not None and (r.runs or r.best) else []
+        a = t[0].user_attrs if t else {}
+        if "input_shape" not in a:
+            continue  # not trained yet, or trials from an older slowai that did not record the input shape
+        tuned = {k.removeprefix("model."): v for k, v in a.get("train_config", {}).items() if k.startswith("model.")}
+        shape = tuple(a["input_shape"])
+        out[c.name] = summarize(c.build(shape[0], a["n_classes"], **tuned), input_shape=shape)
+    return out
 
 
 def write_report(
@@ -307,6 +312,10 @@ def write_report(
     parts += ["## Plots", *(f"![{p.stem}]({p.name})" for p in plots)]
     parts += ["## Model summaries", *(f"### {k}\n\n{s.to_markdown()}" for k, s in summaries.items())]
     parts += [
+        "## Trained models",
+        "Each confirm run's final weights are in `artifacts/` (Optuna's artifact store, linked to their trials):\n\n"
+        f"```python\nimport slowai\n\nmodel = slowai.load_model({str(out)!r}, {res.reference!r})  # best valid acc"
+        f"\nmodel = slowai.load_model({str(out)!r}, {res.reference!r}, seed=0)\n```",
         "## Where the trials are",
         f"```\n{st.cli_hint(res.storage_url)}\n"
         f"optuna trials --study-name '{st.optuna_name(res.name, res.reference, 'tune')}' "

@@ -6,6 +6,7 @@ first second with one clear line, before any output directory or storage is crea
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -17,12 +18,12 @@ import torch.nn as nn
 
 from slowai.models import create_model, list_models
 
-DATASETS = ("fashion_mnist", "cifar10")
 PRUNERS = ("none", "median", "hyperband")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-OPTIMIZER_KEYS = ("lr", "weight_decay")  # every other key a search space returns goes to the model factory
 
 SearchSpace = Callable[[optuna.Trial], dict[str, Any]]
+# Called once per training run with its `slowai.study.TrialContext`; returns callbacks to add (or None).
+CallbackFactory = Callable[[Any], Any]
 
 
 class StudyError(ValueError):
@@ -144,7 +145,8 @@ class StudySpec:
 
     name: str
     candidates: list[Candidate]
-    dataset: str = "fashion_mnist"
+    dataset: str | Callable[..., Any] = "fashion_mnist"  # a registered name, or a factory returning DataLoaders
+    data_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra settings for the dataset factory
     budget: Budget = field(default_factory=Budget)
     space: SearchSpace = default_space
     reference: str | None = None
@@ -157,6 +159,10 @@ class StudySpec:
     wandb_project: str = "slowai"
     seed: int = 0
     progress: bool = True
+    callbacks: Sequence[CallbackFactory] = ()
+    amp: bool = False
+    channels_last: bool | None = None  # None: wherever it measurably pays (see slowai.accel)
+    compile: bool | None = None  # None: when a run is long enough to amortize the compile
 
     def __post_init__(self) -> None:
         self.candidates = as_candidates(self.candidates)
@@ -166,8 +172,20 @@ class StudySpec:
         """One StudyError naming the first bad setting."""
         if not _NAME_RE.match(self.name):
             raise StudyError(f"study name {self.name!r} must be letters, digits, '_', '-' or '.'")
-        if self.dataset not in DATASETS:
-            raise StudyError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        if isinstance(self.dataset, str):
+            from slowai.data import UnknownDatasetError, dataset_factory
+
+            try:
+                dataset_factory(self.dataset)
+            except UnknownDatasetError as e:
+                raise StudyError(str(e)) from None
+            self._check_data_kwargs()
+        elif not callable(self.dataset):
+            raise StudyError(
+                f"dataset must be a registered name or a callable returning DataLoaders, got {self.dataset!r}"
+            )
+        if bad := [cb for cb in self.callbacks if not callable(cb)]:
+            raise StudyError(f"callbacks must be callables taking the trial context, got {bad[0]!r}")
         if self.pruner not in PRUNERS:
             raise StudyError(f"unknown pruner {self.pruner!r}; valid: {', '.join(PRUNERS)}")
         if self.wandb not in WANDB_MODES:
@@ -179,6 +197,16 @@ class StudySpec:
             raise StudyError(f"reference {self.reference!r} is not a candidate ({', '.join(names)})")
         if self.device is not None:
             _check_device(self.device)
+
+    def _check_data_kwargs(self) -> None:
+        from slowai.data import dataset_factory, dataset_settings
+
+        fn = dataset_factory(self.dataset)
+        if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+            return
+        valid = [k for k in dataset_settings(self.dataset) if k not in ("bs", "device", "subset", "root")]
+        if bad := sorted(set(self.data_kwargs) - set(valid)):
+            raise StudyError(f"dataset {self.dataset!r} has no setting {bad[0]!r}; valid: {', '.join(valid)}")
 
     @property
     def out_dir(self) -> Path:
@@ -192,9 +220,10 @@ class StudySpec:
         """The candidate's own search space if it has one, else the study's."""
         return candidate.space or self.space
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What must not change when a study is resumed: mixing datasets or epochs would make the numbers lie."""
-        return {"dataset": self.dataset, **self.budget.fingerprint()}
+    @property
+    def dataset_name(self) -> str:
+        """The registry name, or the factory's name for a callable dataset."""
+        return self.dataset if isinstance(self.dataset, str) else getattr(self.dataset, "__name__", "custom")
 
 
 def _check_device(device: str) -> None:
@@ -206,16 +235,3 @@ def _check_device(device: str) -> None:
         raise StudyError(f"bad device {device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise StudyError(f"device {device!r} requested but CUDA is not available")
-
-
-def hyperparams(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Replay `space` on fixed params (from a finished trial) → the dict the trainer consumes."""
-    return space(optuna.trial.FixedTrial(dict(params)))
-
-
-def split_hyperparams(hp: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(optimizer settings, model kwargs) from a search-space dict."""
-    opt = {k: hp[k] for k in OPTIMIZER_KEYS if k in hp}
-    if "lr" not in opt:
-        raise StudyError("the search space must return an 'lr'")
-    return opt, {k: v for k, v in hp.items() if k not in OPTIMIZER_KEYS}

@@ -136,6 +136,18 @@ class TrackedRun:
 
         self._call("table", log_table)
 
+    def artifact(self, name: str, path: Path, type: str, metadata: Mapping[str, Any]) -> None:
+        """Log a file as a W&B artifact (e.g. a confirm run's weights as type "model")."""
+
+        def log_artifact() -> None:
+            import wandb
+
+            art = wandb.Artifact(name, type=type, metadata=dict(metadata))
+            art.add_file(str(path))
+            self.run.log_artifact(art)  # add_file copied it into W&B staging: the temp file may go
+
+        self._call("artifact", log_artifact)
+
     def finish(self, exit_code: int = 0) -> None:
         run, self.run = self.run, None
         if run is None:

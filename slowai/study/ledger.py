@@ -1,0 +1,130 @@
+"""The Optuna studies of one slowai study: one per (candidate, stage), created with the study's attrs and seeded
+samplers, plus what can be read back from them (best hyperparameters, confirm seeds, work already done)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from slowai.study import claims
+from slowai.study import storage as st
+from slowai.study.spec import Budget, StudySpec
+
+CONFIRM_SEED_BASE = 0
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """'none' | 'median' (prunes below the median after 2 finished trials) | 'hyperband' (over epochs)."""
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+
+
+def seed_of(*parts: Any) -> int:
+    """A stable seed from names (crc32), the same in every process and on every machine."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def confirm_seeds(spec: StudySpec, budget: Budget) -> list[int]:
+    return [CONFIRM_SEED_BASE + spec.seed * 1000 + i for i in range(budget.seeds)]
+
+
+class Ledger:
+    """Opens each (candidate, stage) study once per process; every access first fails (and queues a retry of)
+    trials whose worker is gone, so a waiting worker takes over a killed one's work."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        storage: Any,
+        budget: Budget,
+        attrs: dict[str, Any],
+        fingerprints: dict[str, dict[str, Any]],
+        max_retry: int,
+        log: Callable[[str], None],
+    ) -> None:
+        self.spec, self.storage, self.budget, self.attrs = spec, storage, budget, attrs
+        self.fingerprints, self.max_retry, self.log = fingerprints, max_retry, log
+        self.studies: dict[tuple[str, str], optuna.Study] = {}
+
+    def study(self, candidate: str, stage: str) -> optuna.Study:
+        key = (candidate, stage)
+        if key not in self.studies:
+            self.studies[key] = self._create(candidate, stage)
+        study = self.studies[key]
+        if failed := claims.fail_lost_trials(study, self.max_retry):
+            self.log(f"  trials {failed} of {study.study_name} lost their worker: marked FAIL, queued for retry")
+        return study
+
+    def _create(self, candidate: str, stage: str) -> optuna.Study:
+        study = optuna.create_study(
+            study_name=st.optuna_name(self.spec.name, candidate, stage),
+            storage=self.storage,
+            direction="maximize",
+            sampler=self.sampler(candidate, stage, 0),
+            pruner=make_pruner(self.spec.pruner, self.budget.tune_epochs),
+            load_if_exists=True,
+        )
+        attrs = {
+            **self.attrs,
+            "candidate": candidate,
+            "stage": stage,
+            "budget": asdict(self.budget),
+            "fingerprint": self.fingerprints[candidate],
+        }
+        for k, v in attrs.items():
+            if study.user_attrs.get(k) != v:
+                study.set_user_attr(k, v)
+        return study
+
+    def sampler(self, candidate: str, stage: str, number: int) -> optuna.samplers.BaseSampler:
+        """TPE seeded by the trial number: reproducible for one worker, and distinct draws for concurrent workers."""
+        n_startup = max(2, min(10, self.budget.trials // 2))
+        return optuna.samplers.TPESampler(
+            seed=seed_of(self.spec.seed, candidate, stage, number), n_startup_trials=n_startup
+        )
+
+    def init_all(self) -> None:
+        """Create every (candidate, stage) study with its attrs, so workers started later resume this plan."""
+        for c in self.spec.candidates:
+            for stage in st.STAGES:
+                self.study(c.name, stage)
+
+    def best_params(self, candidate: str) -> dict[str, Any] | None:
+        best = claims.best_trial(self.study(candidate, "tune").get_trials(deepcopy=False))
+        return dict(best.params) if best is not None else None
+
+    def seeds(self) -> list[int]:
+        return confirm_seeds(self.spec, self.budget)
+
+    def held_by(self) -> set[str]:
+        """Workers holding a running or queued trial in any study this process has opened."""
+        busy = (TrialState.RUNNING, TrialState.WAITING)
+        return {t.user_attrs.get("worker", "?") for s in self.studies.values() for t in s.get_trials(states=busy)}
+
+
+def done_counts(spec: StudySpec, storage: Any, budget: Budget) -> dict[str, tuple[int, int]]:
+    """(finished tune trials, claimed confirm seeds) per candidate, read without creating any study."""
+    done = {c.name: (0, 0) for c in spec.candidates}
+    if storage is None:
+        return done
+    names = st.existing_names(storage)
+    seeds = set(confirm_seeds(spec, budget))
+    for c in spec.candidates:
+        tn, cn = (st.optuna_name(spec.name, c.name, s) for s in st.STAGES)
+        if tn not in names:
+            continue
+        tune = optuna.load_study(study_name=tn, storage=storage).get_trials(deepcopy=False)
+        best, k = claims.best_trial(tune), 0
+        if best is not None and cn in names:
+            conf = optuna.load_study(study_name=cn, storage=storage)
+            k = len(claims.confirm_claimed(conf, claims.confirm_key(best.params)) & seeds)
+        done[c.name] = (min(claims.count(tune, claims.FINISHED), budget.trials), k)
+    return done

@@ -1,0 +1,85 @@
+"""What a resumed study must keep: a fingerprint of everything that changes results, stored with its trials.
+
+Why: a study resumed with another dataset setting, epoch count, model kwarg, recipe, search space, pruner or seed
+would silently mix two experiments in one table. Only `--trials` and `--seeds` may grow; new candidates may join.
+Accelerations (compile, channels-last, bf16) are recorded per trial but not fingerprinted: workers on different
+machines may differ there, and the numbers agree within float tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from slowai.study import storage as st
+from slowai.study.knobs import describe_space, dry_draws
+from slowai.study.spec import Budget, Candidate, StudyError, StudySpec
+
+ATTR = "fingerprint"
+SHOWN_CHARS = 60
+
+
+def fingerprint(
+    spec: StudySpec, cand: Candidate, budget: Budget, data: dict[str, Any], draws: list[optuna.Trial] | None = None
+) -> dict[str, Any]:
+    """JSON-safe description of one candidate's experiment (its space from seeded dry draws)."""
+    return {
+        "data": data,
+        "budget": budget.fingerprint(),
+        "candidate": cand.describe(),
+        "space": describe_space(draws if draws is not None else dry_draws(spec.space_of(cand), spec.seed)),
+        "pruner": spec.pruner,
+        "seed": spec.seed,
+    }
+
+
+def stored_attrs(storage: Any, spec: StudySpec) -> dict[str, dict[str, Any]]:
+    """User attrs of each candidate's existing tune study (empty for a new study or a new candidate)."""
+    if storage is None:
+        return {}
+    names = st.existing_names(storage)
+    out = {}
+    for c in spec.candidates:
+        name = st.optuna_name(spec.name, c.name, "tune")
+        if name in names:
+            out[c.name] = optuna.load_study(study_name=name, storage=storage).user_attrs
+    return out
+
+
+def stored_budget(stored: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The budget the study was started with (every candidate shares it)."""
+    return next((a["budget"] for a in stored.values() if "budget" in a), None)
+
+
+def check(spec: StudySpec, stored: dict[str, dict[str, Any]], fingerprints: dict[str, dict[str, Any]]) -> None:
+    """StudyError naming what changed since the stored run, for the first candidate that differs."""
+    for cand, attrs in stored.items():
+        if ATTR not in attrs:  # a study from before fingerprints: at least the dataset and budget must match
+            old = {"dataset": attrs.get("dataset"), "budget": Budget(**attrs["budget"]).fingerprint()}
+            new = {"dataset": spec.dataset_name, "budget": fingerprints[cand]["budget"]}
+        else:
+            old, new = attrs[ATTR], fingerprints[cand]
+        if changes := diff(old, new):
+            raise StudyError(
+                f"study {spec.name!r} ({cand}) was run with other settings: {'; '.join(changes)}. Only --trials and "
+                "--seeds may change on resume: use a new --study-name"
+            )
+
+
+def diff(old: Any, new: Any, path: str = "") -> list[str]:
+    """'budget.tune_epochs 2 → 3'-style lines for every leaf that differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for k in sorted(set(old) | set(new)) for line in diff(old.get(k), new.get(k), _join(path, k))]
+    if old == new or (isinstance(old, (list, tuple)) and list(old) == list(new or [])):
+        return []
+    return [f"{path or 'value'} {_short(old)} → {_short(new)}"]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _short(v: Any) -> str:
+    text = "(none)" if v is None else repr(v)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"

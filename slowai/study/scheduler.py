@@ -1,0 +1,227 @@
+"""Claiming work from the storage, running it, and waiting for (or taking over) what other workers hold.
+
+Every unit of work is claimed from the storage right before it runs (tune: "fewer than N finished or running
+trials"; confirm: "(hyperparameters, seed) not yet done"), so rerunning resumes, adding trials adds only the missing
+ones, and several workers (processes, GPUs, machines) can share one study: each keeps claiming until nothing is
+left, then waits for what others still run (taking over trials of workers that died).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+
+from slowai.study import claims
+from slowai.study import plan as planning
+from slowai.study.data import StudyData
+from slowai.study.knobs import route
+from slowai.study.ledger import Ledger
+from slowai.study.spec import Candidate, StudyError, StudySpec
+from slowai.study.trial import Outcome, TrialContext, TrialRunner, reason
+
+TUNE_SEED_BASE = 10_000
+POLL_S = 2.0  # how often an idle worker re-reads the storage while others finish their trials
+STUCK_POLLS = 5  # idle polls with no trial held anywhere before pending work counts as stuck (a bug, not a wait)
+
+
+@dataclass
+class Job:
+    """One unit of work: a tune trial slot or a confirm seed of a candidate."""
+
+    stage: str
+    candidate: str
+    seed: int | None = None
+    estimate_s: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.candidate} {self.stage}" + (f" seed {self.seed}" if self.seed is not None else "")
+
+
+@contextmanager
+def claim(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """While this worker holds a trial: its heartbeat runs, and any error or Ctrl-C, wherever it strikes (W&B start,
+    training, storage writes), closes the trial FAIL with the reason before it propagates; never left RUNNING."""
+    with claims.heartbeat(study, trial):
+        try:
+            yield
+        except BaseException as e:
+            try:
+                claims.mark_failed(study, trial, reason(e))
+            except UpdateFinishedTrialError:  # already closed (e.g. declared lost by another worker)
+                pass
+            raise
+
+
+class Scheduler:
+    """Runs a plan's jobs on one worker, then finishes whatever the whole study still needs."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        plan: planning.Plan,
+        ledger: Ledger,
+        data: StudyData,
+        trials: TrialRunner,
+        say: Callable[[str], None],
+        poll_s: float = POLL_S,
+    ) -> None:
+        self.spec, self.plan, self.ledger, self.data, self.trials = spec, plan, ledger, data, trials
+        self.budget, self.say, self.poll_s = plan.budget, say, poll_s
+        self._waiting_on: set[str] = set()
+
+    # ------------------------------------------------------------------------------------ one job
+    def run_one(self, cand: Candidate, stage: str, study: optuna.Study, trial: optuna.Trial, seed: int, bar: Any):
+        """Draw the hyperparameters, route them, and train on the stage's data."""
+        hp = self.spec.space_of(cand)(trial)
+        cfg = route(hp, cand.recipe, f"the search space of {cand.name!r}")
+        dls = self.data.for_stage(self.budget, stage, cfg)
+        epochs = self.budget.tune_epochs if stage == "tune" else self.budget.confirm_epochs
+        ctx = TrialContext(self.spec, cand, stage, seed, trial, hp, cfg, dls, epochs, self.spec.out_dir)
+        return self.trials.run(ctx, study, bar)
+
+    def tune_one(self, cand: Candidate, bar: Any) -> str | None:
+        """Claim and run one tune trial if the candidate still needs one (counted from the storage, all workers)."""
+        study = self.ledger.study(cand.name, "tune")
+        wanted = self.budget.trials
+        if not claims.tune_open(study, wanted):
+            return None
+        trial = claims.ask(study)  # a queued retry of a lost trial first, else a new one
+        with claim(study, trial):
+            if claims.is_surplus(study, trial, wanted):
+                claims.mark_failed(study, trial, "surplus: another worker claimed the last trial")
+                return None
+            trial.set_user_attr("worker", claims.WORKER)
+            study.sampler = self.ledger.sampler(cand.name, "tune", trial.number)
+            out: Outcome = self.run_one(cand, "tune", study, trial, TUNE_SEED_BASE + trial.number, bar)
+        return f"{cand.name} tune t{trial.number}: valid acc {_fmt(out.last_valid)} ({out.state}) in {out.wall_s:.1f} s"
+
+    def confirm_one(self, cand: Candidate, seed: int, bar: Any) -> str | None:
+        """Claim and run a confirm run (best params, `seed`, or a queued one) once tuning has finished everywhere."""
+        if not claims.tune_done(self.ledger.study(cand.name, "tune"), self.budget.trials):
+            return None  # another worker still tunes this candidate: its best params are not final yet
+        best = self.ledger.best_params(cand.name)
+        if best is None:
+            raise StudyError(f"{cand.name}: no completed tune trial to confirm (all pruned or failed)")
+        key = claims.confirm_key(best)
+        study = self.ledger.study(cand.name, "confirm")
+        if seed in claims.confirm_claimed(study, key):
+            return None
+        if not claims.confirm_queued(study, key, seed):
+            study.enqueue_trial(best, user_attrs={"seed": seed, "params_key": key})
+        trial = claims.ask(study)  # pops the oldest waiting trial: ours, a retry, or another worker's claim
+        with claim(study, trial):
+            seed = trial.user_attrs.get("seed", seed)
+            if trial.user_attrs.get("params_key") != key or claims.confirm_duplicate(study, trial, key, seed):
+                claims.mark_failed(study, trial, "surplus: claimed by another worker")
+                return None
+            trial.set_user_attr("worker", claims.WORKER)
+            out = self.run_one(cand, "confirm", study, trial, seed, bar)
+        acc = out.test["accuracy"] if out.test else float("nan")
+        return f"{cand.name} confirm seed {seed}: test acc {_fmt(acc)} ({out.state}) in {out.wall_s:.1f} s"
+
+    def do(self, job: Job, bar: Any) -> str | None:
+        cand = self.spec.candidate(job.candidate)
+        return self.tune_one(cand, bar) if job.stage == "tune" else self.confirm_one(cand, job.seed, bar)
+
+    # ------------------------------------------------------------------------------------ all jobs
+    def jobs(self) -> list[Job]:
+        """Remaining work in order: all tune slots, then all confirm seeds (re-checked against storage when run)."""
+        b, est, done = self.budget, self.plan.estimate, self.plan.done
+        jobs = []
+        for c in self.spec.candidates:
+            n = b.trials - done[c.name][0]
+            jobs += [Job("tune", c.name, estimate_s=est.per_trial("tune", c.name, n)) for _ in range(n)]
+        for c in self.spec.candidates:
+            per = est.per_trial("confirm", c.name, b.seeds - done[c.name][1])
+            jobs += [Job("confirm", c.name, seed=s, estimate_s=per) for s in self.ledger.seeds()]
+        return jobs
+
+    def pending(self) -> list[Job]:
+        """Work not finished by any worker, read from the storage: one tune job per candidate still tuning, else its
+        confirm seeds without a completed run."""
+        jobs = []
+        for c in self.spec.candidates:
+            if not claims.tune_done(self.ledger.study(c.name, "tune"), self.budget.trials):
+                jobs.append(Job("tune", c.name))
+                continue
+            best = self.ledger.best_params(c.name)
+            conf = self.ledger.study(c.name, "confirm")
+            done = claims.confirm_done(conf, claims.confirm_key(best)) if best is not None else set()
+            jobs += [Job("confirm", c.name, seed=s) for s in self.ledger.seeds() if s not in done]
+        return jobs
+
+    def run(self, bars: bool) -> None:
+        """Do this worker's jobs (with a master bar, or one line per trial), then everything left in the study."""
+        jobs = self.jobs()
+        if bars:
+            from fastprogress.fastprogress import master_bar
+
+            mb = master_bar(jobs)
+            for job in mb:
+                if msg := self.do(job, mb):
+                    mb.write(msg)
+        else:
+            self._run_logged(jobs)
+        self.finish_remaining()
+
+    def _run_logged(self, jobs: list[Job]) -> None:
+        """One line per finished trial with an ETA scaled by how fast the estimate has proven so far."""
+        spent = est_done = 0.0
+        for i, job in enumerate(jobs, 1):
+            t0 = time.perf_counter()
+            msg = self.do(job, None)
+            spent += time.perf_counter() - t0
+            est_done += job.estimate_s
+            left = sum(j.estimate_s for j in jobs[i:]) * (spent / est_done if est_done else 1.0)
+            if msg:
+                self.say(f"[{i}/{len(jobs)}] {msg}" + (f"; ETA {planning.fmt_seconds(left)}" if est_done else ""))
+
+    def finish_remaining(self) -> None:
+        """Until the whole study is finished: run what became claimable (confirms after tuning, retries of lost
+        trials), else sleep `poll_s` while other workers run theirs."""
+        idle = 0
+        while todo := self.pending():
+            ran = False
+            for job in todo:
+                if msg := self.do(job, None):
+                    ran = True
+                    self.say(msg)
+            if ran:
+                idle = 0
+                continue
+            idle = 0 if self._note_waiting() else idle + 1
+            if idle > STUCK_POLLS:  # nobody holds a trial, yet the work stays undone: waiting would never end
+                left = ", ".join(map(str, todo))
+                raise StudyError(f"study {self.spec.name!r} is stuck: {left} cannot be claimed and no worker runs them")
+            time.sleep(self.poll_s)
+
+    def _note_waiting(self) -> bool:
+        """Say (once per change) which workers this one waits for: a stuck wait names its culprit. True if any."""
+        held = self.ledger.held_by()
+        if held and held != self._waiting_on:
+            self.say(f"waiting for trials running on {', '.join(sorted(held))}")
+        self._waiting_on = held
+        return bool(held)
+
+
+def _fmt(acc: float | None) -> str:
+    return f"{acc:.4f}" if acc is not None and math.isfinite(acc) else "n/a"
+
+
+def say_to(log: Callable[[str], None], progress: bool) -> Callable[[str], None]:
+    """`log`, flushed, when progress output is on; silent otherwise."""
+
+    def say(msg: str) -> None:
+        if progress:
+            log(msg)
+            sys.stdout.flush()
+
+    return say

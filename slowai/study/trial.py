@@ -1,0 +1,307 @@
+"""One training run of a study (a tune trial or a confirm seed): its callbacks, its records in Optuna and W&B.
+
+A run is a fresh model trained with the candidate's recipe as overridden by the drawn hyperparameters (see
+`slowai.study.knobs`), plus the study's own callbacks (`StudySpec.callbacks`, each called with a `TrialContext`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from slowai.callbacks import MetricsCB
+from slowai.core import Callback
+from slowai.data import DataLoaders
+from slowai.learner import DeviceCB, Learner
+from slowai.optim import create_optimizer
+from slowai.schedules import create_schedule
+from slowai.study import artifacts
+from slowai.study import claims
+from slowai.study.data import describe_data
+from slowai.study.knobs import TrainConfig
+from slowai.study.spec import Candidate, StudySpec, json_safe
+from slowai.study.tracking import TrackedRun, Tracker, WandbCB
+from slowai.summary import Summary, summarize
+from slowai.train import evaluate
+from slowai.utils import set_seed
+
+NAN_CHECK_EVERY_GPU = 8  # batches between loss checks on an accelerator (each check is a host sync)
+
+
+class NonFiniteLoss(Exception):
+    """Training diverged (NaN/inf loss): stop the trial now, there is nothing left to learn from it."""
+
+
+class PruningCB(Callback):
+    """Report valid accuracy to Optuna after every epoch and raise `optuna.TrialPruned` when the pruner says so.
+
+    Never prunes after the last epoch: that trial's value is complete and should count as such.
+    """
+
+    order = MetricsCB.order + 3  # after WandbCB, so the pruned epoch is still logged
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def after_epoch(self) -> None:
+        if self.learn.training:
+            return
+        epoch = self.learn.epoch
+        self.trial.report(self.learn.cb(MetricsCB).last["accuracy"], epoch)
+        if epoch < self.learn.n_epochs - 1 and self.trial.should_prune():
+            self.trial.set_user_attr("stop_reason", f"pruned after epoch {epoch + 1}/{self.learn.n_epochs}")
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+
+class FiniteLossCB(Callback):
+    """Stop a diverged trial as soon as its loss is NaN/inf, with the epoch and batch in the reason.
+
+    The batch loss is checked every batch on CPU (free) and every `every` batches on an accelerator (each check is a
+    host sync), and the epoch mean always: a diverged trial stops within a few batches instead of running on.
+    """
+
+    order = MetricsCB.order + 1
+
+    def __init__(self, every: int | None = None) -> None:
+        self.every = every
+
+    def after_loss(self) -> None:
+        loss, i = self.learn.loss, self.learn.iter
+        k = self.every or (1 if loss.device.type == "cpu" else NAN_CHECK_EVERY_GPU)
+        if (i + 1) % k == 0 and not bool(torch.isfinite(loss.detach()).all()):
+            self._stop(float(loss.detach().float().mean()), f", batch {i + 1}/{_n_batches(self.learn)}")
+
+    def after_epoch(self) -> None:
+        loss = self.learn.cb(MetricsCB).last["loss"]
+        if not math.isfinite(loss):
+            self._stop(loss, " (epoch mean)")
+
+    def _stop(self, value: float, where: str) -> None:
+        kind = "train" if self.learn.training else "valid"
+        raise NonFiniteLoss(
+            f"non-finite {kind} loss ({value}) at epoch {self.learn.epoch + 1}/{self.learn.n_epochs}{where}"
+        )
+
+
+def _n_batches(learn: Learner) -> int | str:
+    dl = learn.dls.train if learn.training else learn.dls.valid  # learn.dl may be wrapped in a progress bar
+    return len(dl) if hasattr(dl, "__len__") else "?"
+
+
+class TrialBarCB(Callback):
+    """A batch progress bar per epoch nested under the study's master bar."""
+
+    order = MetricsCB.order + 4
+
+    def __init__(self, parent: Any) -> None:
+        self.parent = parent
+
+    def before_epoch(self) -> None:
+        from fastprogress.fastprogress import progress_bar
+
+        self.learn.dl = progress_bar(self.learn.dl, leave=False, parent=self.parent)
+
+
+@dataclass
+class TrialContext:
+    """What a study callback factory is told about the run it is added to."""
+
+    spec: StudySpec
+    candidate: Candidate
+    stage: str  # "tune" or "confirm"
+    seed: int
+    trial: optuna.Trial
+    hp: dict[str, Any]  # the search space's dict, as drawn
+    config: TrainConfig  # the same, routed (see slowai.study.knobs)
+    dls: DataLoaders
+    epochs: int
+    out: Path
+
+
+@dataclass
+class Outcome:
+    """What one trained trial produced."""
+
+    history: list[dict[str, float]]
+    seconds_per_epoch: float
+    wall_s: float
+    test: dict[str, float] | None = None
+    state: str = "complete"
+    reason: str | None = None
+
+    @property
+    def best_valid(self) -> float:
+        valid = [r["valid_accuracy"] for r in self.history if r.get("valid_accuracy") is not None]
+        return max(valid) if valid else float("nan")
+
+    @property
+    def last_valid(self) -> float:
+        return (self.history[-1].get("valid_accuracy") if self.history else None) or float("nan")
+
+
+def reason(e: BaseException) -> str:
+    return "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+
+
+class TrialRunner:
+    """Trains, records and saves runs for one worker process: W&B runs, trial attrs, model artifacts."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        tracker: Tracker,
+        accel: Callable[[Candidate], list[Callback]],
+        commit: str | None,
+    ) -> None:
+        self.spec, self.tracker, self.accel, self.commit = spec, tracker, accel, commit
+        self.out = spec.out_dir
+        self.summaries: dict[tuple, Summary] = {}
+        self.logged_tables: set[str] = set()
+
+    def summary(self, cand: Candidate, cfg: TrainConfig, dls: DataLoaders) -> Summary:
+        """Per-layer summary of the model this run trains (tuned model kwargs included), once per process."""
+        key = (cand.name, repr(sorted(cfg.model_kw.items())), dls.input_shape, dls.n_classes)
+        if key not in self.summaries:
+            model = cand.build(dls.input_shape[0], dls.n_classes, **cfg.model_kw).to(dls.device)
+            self.summaries[key] = summarize(model, dls=dls)
+        return self.summaries[key]
+
+    def train(self, ctx: TrialContext, run: TrackedRun, bar: Any) -> tuple[Outcome, torch.nn.Module]:
+        """Seeded training of a fresh model; tune runs get pruning and the divergence stop."""
+        cfg, dls, tune = ctx.config, ctx.dls, ctx.stage == "tune"
+        set_seed(ctx.seed)
+        model = ctx.candidate.build(dls.input_shape[0], dls.n_classes, **cfg.model_kw)
+        metrics = MetricsCB()
+        cbs: list[Callback] = [DeviceCB(dls.device), metrics, create_schedule(cfg.sched, **cfg.sched_kw), WandbCB(run)]
+        cbs += self.accel(ctx.candidate)
+        if tune:
+            cbs += [FiniteLossCB(), PruningCB(ctx.trial)]
+        if bar is not None:
+            cbs.append(TrialBarCB(bar))
+        cbs += [cb for make in self.spec.callbacks for cb in _as_list(make(ctx))]
+        opt_func = partial(create_optimizer, cfg.opt, **cfg.opt_kw)
+        learn = Learner(model, dls, cfg.loss_func(), lr=cfg.lr, cbs=cbs, opt_func=opt_func)
+        t0 = time.perf_counter()
+        state, why = "complete", None
+        try:
+            learn.fit(ctx.epochs)
+        except optuna.TrialPruned:
+            state, why = "pruned", ctx.trial.user_attrs.get("stop_reason", "pruned")
+        except NonFiniteLoss as e:
+            state, why = "pruned", str(e)
+        test = evaluate(model, dls.test) if not tune else None
+        wall = time.perf_counter() - t0
+        train_s = [r["seconds"] for r in metrics.train_history]
+        return Outcome(_history(metrics), sum(train_s) / max(len(train_s), 1), wall, test, state, why), model
+
+    def run(self, ctx: TrialContext, study: optuna.Study, bar: Any) -> Outcome:
+        """Train, record attrs + W&B, save a confirm run's model, tell Optuna; on errors the W&B run is closed."""
+        trial, cand = ctx.trial, ctx.candidate
+        s = self.summary(cand, ctx.config, ctx.dls)
+        attrs = self._attrs(ctx, s)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        run = self._start_run(ctx, attrs)
+        trial.set_user_attr("wandb_run_id", run.id)
+        try:
+            out, model = self.train(ctx, run, bar)
+        except BaseException as e:  # the trial itself is closed FAIL by the scheduler's claim
+            run.summary({"state": "failed", "fail_reason": reason(e)})
+            run.finish(1)
+            raise
+        if run.id is not None and cand.name not in self.logged_tables:
+            run.table("model_summary", s.columns, s.data)
+            self.logged_tables.add(cand.name)
+        if ctx.stage == "confirm" and out.state == "complete":
+            artifacts.save_model(study, trial, model, ctx, run, self.out)
+        try:
+            self._record(study, trial, run, out, ctx.stage)
+        except UpdateFinishedTrialError:  # this worker was silent past the grace period: its retry counts instead
+            run.finish(1)
+            out.state, out.reason = "dropped", "declared lost by another worker meanwhile"
+        return out
+
+    def _attrs(self, ctx: TrialContext, s: Summary) -> dict[str, Any]:
+        return {
+            "candidate": ctx.candidate.name,
+            "stage": ctx.stage,
+            "seed": ctx.seed,
+            "dataset": self.spec.dataset_name,
+            **describe_data(ctx.dls),
+            "model": ctx.candidate.describe(),
+            "hyperparams": {k: json_safe(v) for k, v in ctx.hp.items()},  # as drawn, fixed values included
+            "train_config": ctx.config.describe(),  # what trained: the recipe's defaults filled in
+            "accel": [cb.name for cb in self.accel(ctx.candidate)],
+            "params": s.total_params,
+            "mflops": s.total_mflops,
+            "epochs": ctx.epochs,
+            "git_commit": self.commit,
+            "worker": claims.WORKER,
+        }
+
+    def _start_run(self, ctx: TrialContext, attrs: dict[str, Any]) -> TrackedRun:
+        keys = ("seed", "params", "mflops", "epochs", "data_source", "model", "accel", "input_shape")
+        config = {
+            **ctx.config.describe(),
+            **attrs["hyperparams"],
+            **{k: attrs[k] for k in keys},
+            "candidate": ctx.candidate.name,
+            "dataset": self.spec.dataset_name,
+            "trial": ctx.trial.number,
+            "study": self.spec.name,
+            "stage": ctx.stage,
+            "train_size": ctx.dls.train.n,
+            "bs": ctx.dls.train.bs,
+        }
+        name, tags = f"{ctx.candidate.name}-{ctx.stage}-t{ctx.trial.number}", [ctx.candidate.name, config["dataset"]]
+        return self.tracker.start(name, ctx.stage, tags, config)
+
+    def _record(self, study: optuna.Study, trial: optuna.Trial, run: TrackedRun, out: Outcome, stage: str) -> None:
+        trial.set_user_attr("history", out.history)
+        trial.set_user_attr("seconds_per_epoch", out.seconds_per_epoch)
+        trial.set_user_attr("wall_time_s", out.wall_s)
+        trial.set_user_attr("best_valid_accuracy", out.best_valid)
+        summary = {"best_valid_accuracy": out.best_valid, "wall_time_s": out.wall_s, "state": out.state}
+        if out.reason:
+            trial.set_user_attr("stop_reason", out.reason)
+            summary["stop_reason"] = out.reason
+        if out.test is not None:
+            trial.set_user_attr("test_accuracy", out.test["accuracy"])
+            trial.set_user_attr("test_loss", out.test["loss"])
+            summary |= {"test_accuracy": out.test["accuracy"], "test_loss": out.test["loss"]}
+        if out.state == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, out.last_valid if stage == "tune" else out.test["accuracy"])
+        run.summary(summary)
+        run.finish(0)
+
+
+def _as_list(cbs: Any) -> list[Callback]:
+    if cbs is None:
+        return []
+    return [cbs] if isinstance(cbs, Callback) else list(cbs)
+
+
+def _history(metrics: MetricsCB) -> list[dict[str, float]]:
+    """Per-epoch rows {epoch, train_loss, train_accuracy, valid_loss, valid_accuracy} (JSON-safe floats)."""
+    rows: dict[int, dict[str, float]] = {}
+    for r in metrics.history:
+        kind = "train" if r["train"] == "train" else "valid"
+        row = rows.setdefault(r["epoch"], {"epoch": r["epoch"]})
+        row[f"{kind}_loss"], row[f"{kind}_accuracy"] = _finite(r["loss"]), _finite(r["accuracy"])
+    return [rows[k] for k in sorted(rows)]
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
