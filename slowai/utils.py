@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,11 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def slug(name: str) -> str:
+    """'timm/resnet18' -> 'timm-resnet18': a name safe for files and W&B artifacts."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
 
 def to_device(x: Any, device: torch.device | str) -> Any:

@@ -202,3 +202,21 @@ def test_the_digits_study_script_runs_quick_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "on digits" in proc.stdout and "| residual |" in (out / "report.md").read_text()
     assert len(list((out / "artifacts").iterdir())) == 4  # 2 candidates × 2 confirm seeds
+
+
+def test_a_compiled_module_is_reused_with_each_new_trials_seeded_weights():
+    from types import SimpleNamespace
+
+    from slowai.study.knobs import TrainConfig
+    from slowai.study.trial import TrialRunner
+
+    runner = TrialRunner(spec(Path("unused")), tracker=None, accel=lambda c: [], commit=None)
+    dls = SimpleNamespace(input_shape=(1, 8, 8), n_classes=10)
+    ctx = SimpleNamespace(candidate=Candidate("plain", "plain"), config=TrainConfig(1e-3, "adamw", "onecycle"), dls=dls)
+    first = slowai.create_model("plain", in_chans=1, num_classes=10)
+    assert runner._reuse_compiled(ctx, first) is first
+    torch.manual_seed(1)
+    second = slowai.create_model("plain", in_chans=1, num_classes=10)
+    reused = runner._reuse_compiled(ctx, second)
+    assert reused is first  # the already compiled module, now holding the new trial's initial weights
+    assert all(torch.equal(a, b) for a, b in zip(reused.state_dict().values(), second.state_dict().values()))

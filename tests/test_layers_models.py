@@ -147,3 +147,18 @@ def test_init_leaky_weights_has_kaiming_std_for_the_leak(a):
     fan_in = 64 * 3 * 3
     expected = math.sqrt(2 / ((1 + a**2) * fan_in))
     assert conv.weight.std().item() == pytest.approx(expected, rel=0.03)
+
+
+def test_registry_leaves_input_channels_and_classes_to_the_factory():
+    first_conv = lambda m: next(x for x in m.modules() if isinstance(x, torch.nn.Conv2d))  # noqa: E731
+    assert first_conv(create_model("resnet_tutorial")).in_channels == 3  # a CIFAR-10 model stays 3-channel
+    assert first_conv(create_model("residual")).in_channels == 1  # a Fashion-MNIST one stays 1-channel
+    assert first_conv(create_model("resnet_tutorial", in_chans=1)).in_channels == 1
+
+
+def test_width_is_one_knob_for_every_block_of_the_notebook_nets():
+    widths = [m.out_channels for m in create_model("plain", width=4).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert max(widths) == 64 and min(widths) == 4  # (4, 8, 16, 32, 64) then the 10-class head
+    assert n_params(create_model("residual", width=8)) == n_params(create_model("residual")) == 321_438
+    with pytest.raises(ValueError, match="either width or nfs"):
+        create_model("conv", width=4, nfs=(4, 8, 16, 32, 64))

@@ -210,6 +210,7 @@ def test_published_numbers_get_a_column_and_the_gap_is_stated(tmp_path):
     from optuna.trial import create_trial
 
     from slowai.study import report
+    from slowai.study.stats import mean_ci
 
     def run(seed, test, valid):
         attrs = {"seed": seed, "test_accuracy": test, "best_valid_accuracy": valid, "params": 10, "mflops": 1.0}
@@ -217,7 +218,7 @@ def test_published_numbers_get_a_column_and_the_gap_is_stated(tmp_path):
         return create_trial(value=test, params={}, distributions={}, user_attrs=attrs)
 
     ours = report.CandidateResult("resnet", [run(0, 0.89, 0.90), run(1, 0.91, 0.92)], None, {"complete": 1})
-    ours.acc, ours.published = report.mean_ci(ours.accs), {"valid": 0.9184, "test": 0.91}
+    ours.acc, ours.published = mean_ci(ours.accs), {"valid": 0.9184, "test": 0.91}
     res = report.StudyResult("s", "cifar10", "resnet", "url", [ours], None, "/data/c.npz", "90% JPEG-decoded")
     table = report.markdown_table(res)
     assert "| published valid / test % |" in table

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from slowai.data.loader import DataLoaders
 
 Factory = Callable[..., "DataLoaders"]
+CONTRACT = ("bs", "device", "subset", "root")  # what every factory is called with; the rest are its settings
 
 _REGISTRY: dict[str, tuple[Factory, str]] = {}
 _ALIASES: dict[str, str] = {}  # normalized alias -> registered name
@@ -69,6 +70,15 @@ def dataset_settings(name: str) -> list[str]:
     """The keyword names the factory accepts, from its signature (for error messages and search spaces)."""
     params = inspect.signature(dataset_factory(name)).parameters.values()
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def dataset_options(factory: str | Factory) -> list[str] | None:
+    """The settings a dataset (name or factory) accepts beyond the contract; None when it takes any keyword."""
+    fn = dataset_factory(factory) if isinstance(factory, str) else factory
+    if _takes_any_keyword(fn):
+        return None
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in CONTRACT]
 
 
 def _takes_any_keyword(fn: Factory) -> bool:

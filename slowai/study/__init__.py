@@ -1,6 +1,7 @@
 """Tuned, multi-seed studies: Optuna per candidate, seed-repeated confirmation on test, honest statistics."""
 
 from slowai.study.artifacts import load_model
+from slowai.study.callbacks import PruningCB
 from slowai.study.cli import build_parser, main
 from slowai.study.knobs import TrainConfig, route
 from slowai.study.report import StudyResult, collect, write_report
@@ -8,7 +9,7 @@ from slowai.study.runner import Runner, run_study
 from slowai.study.spec import Budget, Candidate, StudyError, StudySpec, default_space
 from slowai.study.stats import DiffCI, MeanCI, mean_ci, welch_diff
 from slowai.study.tracking import Tracker, WandbCB, read_offline_run
-from slowai.study.trial import PruningCB, TrialContext
+from slowai.study.trial import TrialContext
 
 __all__ = [
     "Budget",

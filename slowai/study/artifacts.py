@@ -8,7 +8,6 @@ rebuild the model: registry name, kwargs (classes and functions by import path) 
 from __future__ import annotations
 
 import importlib
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from slowai.models import create_model
 from slowai.study import claims
 from slowai.study import storage as st
 from slowai.study.spec import StudyError
+from slowai.utils import slug
 
 if TYPE_CHECKING:
     from slowai.study.tracking import TrackedRun
@@ -83,17 +83,13 @@ def save_model(
     """Upload the final weights of a confirm run; the artifact id goes into the trial's `model_artifact` attr."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{_slug(ctx.candidate.name)}-seed{ctx.seed}.pt"
+        path = Path(tmp) / f"{slug(ctx.candidate.name)}-seed{ctx.seed}.pt"
         torch.save({"state_dict": state, "build": build_info(ctx)}, path)
         artifact_id = upload_artifact(artifact_store=artifact_store(out), file_path=str(path), study_or_trial=trial)
         meta = {"study": ctx.spec.name, "candidate": ctx.candidate.name, "seed": ctx.seed, "trial": trial.number}
-        run.artifact(_slug(f"{ctx.spec.name}-{ctx.candidate.name}-seed{ctx.seed}"), path, "model", meta)
+        run.artifact(slug(f"{ctx.spec.name}-{ctx.candidate.name}-seed{ctx.seed}"), path, "model", meta)
     trial.set_user_attr(ATTR, artifact_id)
     return artifact_id
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
 
 def load_model(

@@ -11,11 +11,10 @@ from typing import Any
 
 import torch
 
-from slowai.data import DataLoaders, dataset_factory
-from slowai.study.knobs import TrainConfig, factory_options
+from slowai.data import DataLoaders, dataset_factory, dataset_options
+from slowai.study.knobs import TrainConfig
 from slowai.study.spec import Budget, StudySpec, json_safe
 
-CONTRACT = ("bs", "device", "subset", "root")  # what every dataset factory is called with
 MAX_CACHED = 8
 
 
@@ -31,8 +30,7 @@ class StudyData:
 
     def options(self) -> list[str] | None:
         """The `data.*` settings this dataset accepts (None: its factory takes any keyword)."""
-        opts = factory_options(self.factory)
-        return None if opts is None else [o for o in opts if o not in CONTRACT]
+        return dataset_options(self.factory)
 
     def load(self, subset: int | None, bs: int, **settings: Any) -> DataLoaders:
         """The loaders for `subset` training images (None: all) at batch size `bs`."""

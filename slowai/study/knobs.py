@@ -22,7 +22,6 @@ keywords for it are dropped (AdamW's defaults do not leak into SGD).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -178,11 +177,3 @@ def describe_space(trials: list[optuna.Trial]) -> dict[str, Any]:
         dists |= {k: repr(d) for k, d in t.distributions.items()}
         fixed |= {k: json_safe(v) for k, v in t.user_attrs["hp"].items() if k not in t.distributions}
     return {"distributions": dict(sorted(dists.items())), "fixed": dict(sorted(fixed.items()))}
-
-
-def factory_options(fn: Callable[..., Any]) -> list[str] | None:
-    """Keyword names a factory accepts; None when it takes **kwargs (anything goes)."""
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]

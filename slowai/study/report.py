@@ -1,168 +1,25 @@
-"""Turning the storage into an answer: per-candidate statistics, report.md, CSV/JSON rows and plots.
-
-Everything here reads the Optuna storage only (no in-process state), so a report can be rebuilt at any time, by any
-worker, from whatever has finished.
-"""
+"""Turning results into an answer: the comparison table, report.md, CSV/JSON rows, model summaries and plots."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import re
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from slowai.study import claims
 from slowai.study import storage as st
+from slowai.study.plots import make_plots
+from slowai.study.results import CandidateResult, StudyResult, collect
 from slowai.study.spec import Candidate
-from slowai.study.stats import DiffCI, MeanCI, mean_ci, welch_diff
 from slowai.summary import Summary, summarize
 
-
-@dataclass
-class CandidateResult:
-    """The confirmed numbers of one candidate (test accuracy over seeds) and what they cost."""
-
-    name: str
-    runs: list[FrozenTrial]
-    best: FrozenTrial | None
-    tune_counts: dict[str, int]
-    acc: MeanCI | None = None
-    diff: DiffCI | None = None
-    params: int = 0
-    mflops: float = 0.0
-    seconds_per_epoch: float = math.nan
-    wall_s: float = math.nan
-    published: Mapping[str, float] | None = None
-
-    @property
-    def finished_tune(self) -> int:
-        return self.tune_counts.get("complete", 0) + self.tune_counts.get("pruned", 0)
-
-    @property
-    def accs(self) -> list[float]:
-        return [float(t.user_attrs["test_accuracy"]) for t in self.runs]
-
-    @property
-    def valid_acc(self) -> float:
-        """Mean best validation accuracy of the confirm runs (the tutorial reports the best-validation checkpoint's)."""
-        return _mean([t.user_attrs.get("best_valid_accuracy") for t in self.runs])
+__all__ = ["CandidateResult", "StudyResult", "collect", "markdown_table", "text_table", "write_report"]
 
 
-@dataclass
-class StudyResult:
-    """All candidates of a study as read from the storage; `.rows` are the confirm runs (one per seed)."""
-
-    name: str
-    dataset: str
-    reference: str
-    storage_url: str
-    candidates: list[CandidateResult]
-    storage: Any = field(repr=False, default=None)
-    data_source: str | None = None
-    data_note: str = ""
-
-    def optuna_study(self, candidate: str, stage: str = "tune") -> optuna.Study:
-        """The underlying Optuna study, e.g. for `.trials_dataframe()` or optuna.visualization."""
-        return optuna.load_study(study_name=st.optuna_name(self.name, candidate, stage), storage=self.storage)
-
-    def trials_dataframe(self, stage: str = "tune") -> Any:
-        """One pandas frame of every candidate's trials of `stage` (Optuna's own `trials_dataframe`, concatenated)."""
-        import pandas as pd
-
-        frames = []
-        for c in self.candidates:
-            try:
-                frames.append(self.optuna_study(c.name, stage).trials_dataframe().assign(candidate=c.name))
-            except KeyError:  # no such Optuna study yet
-                continue
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        """One flat dict per confirm run: what results.csv/json hold."""
-        return [_row(self, c, t) for c in self.candidates for t in c.runs]
-
-
-def _row(res: StudyResult, c: CandidateResult, t: FrozenTrial) -> dict[str, Any]:
-    a = t.user_attrs
-    return {
-        "study": res.name,
-        "dataset": res.dataset,
-        "data_source": a.get("data_source"),
-        "candidate": c.name,
-        "seed": a.get("seed"),
-        "trial": t.number,
-        "test_accuracy": a.get("test_accuracy"),
-        "test_loss": a.get("test_loss"),
-        "best_valid_accuracy": a.get("best_valid_accuracy"),
-        "params": a.get("params"),
-        "mflops": a.get("mflops"),
-        "seconds_per_epoch": a.get("seconds_per_epoch"),
-        "wall_time_s": a.get("wall_time_s"),
-        "wandb_run_id": a.get("wandb_run_id"),
-        "git_commit": a.get("git_commit"),
-        **{f"hp_{k}": v for k, v in t.params.items()},
-    }
-
-
-def _mean(xs: list[float]) -> float:
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else math.nan
-
-
-def collect(
-    storage: Any,
-    name: str,
-    candidates: list[str],
-    reference: str,
-    dataset: str,
-    url: str,
-    published: Mapping[str, Mapping[str, float]] | None = None,
-) -> StudyResult:
-    """Read tune/confirm trials of every candidate; confirm runs count only if they used the current best params.
-
-    `published` maps candidate -> reference numbers to print beside ours, e.g. {"valid": 0.9184, "test": 0.91}."""
-    names = st.existing_names(storage)
-    out, seen = [], []
-    for cand in candidates:
-        tn = st.optuna_name(name, cand, "tune")
-        tune = optuna.load_study(study_name=tn, storage=storage).get_trials() if tn in names else []
-        complete = [t for t in tune if t.state == TrialState.COMPLETE]
-        best, runs = claims.confirmed_runs(storage, name, cand)
-        counts = {
-            s.name.lower(): sum(t.state == s for t in tune) for s in TrialState if any(t.state == s for t in tune)
-        }
-        r = CandidateResult(cand, runs, best, counts, published=(published or {}).get(cand))
-        seen += runs or complete
-        if runs:
-            r.acc = mean_ci(r.accs)
-            r.params, r.mflops = int(runs[0].user_attrs["params"]), float(runs[0].user_attrs["mflops"])
-            r.seconds_per_epoch = _mean([t.user_attrs.get("seconds_per_epoch") for t in runs])
-            r.wall_s = _mean([t.user_attrs.get("wall_time_s") for t in runs])
-        out.append(r)
-    ref = next((c for c in out if c.name == reference), None)
-    for c in out:
-        if ref is not None and ref.runs and c.runs and c.name != reference:
-            c.diff = welch_diff(c.accs, ref.accs)
-    return StudyResult(name, dataset, reference, url, out, storage, *_data_source(seen))
-
-
-def _data_source(trials: list[FrozenTrial]) -> tuple[str | None, str]:
-    """Where the data came from and how faithful it is, as the trials recorded it (one dataset per study)."""
-    t = next((t for t in reversed(trials) if "data_source" in t.user_attrs), None)
-    return (None, "") if t is None else (t.user_attrs["data_source"], t.user_attrs.get("data_note", ""))
-
-
-# ------------------------------------------------------------------------------------------- tables
 def _pct(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
@@ -246,11 +103,6 @@ def text_table(res: StudyResult) -> str:
 
 
 # ------------------------------------------------------------------------------------------- files
-def slug(name: str) -> str:
-    """'timm/resnet18' -> 'timm-resnet18' for file names."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
-
-
 def write_rows(res: StudyResult, out: Path) -> None:
     rows = res.rows
     keys = list(dict.fromkeys(k for r in rows for k in r)) or ["candidate"]
@@ -263,11 +115,11 @@ def write_rows(res: StudyResult, out: Path) -> None:
 
 def model_summaries(res: StudyResult, candidates: list[Candidate]) -> dict[str, Summary]:
     """Per-layer summaries of the models the confirm runs trained (tuned model kwargs and input shape included)."""
-    out = {}
+    out, results = {}, {r.name: r for r in res.candidates}
     for c in candidates:
-        r = next((x for x in res.candidates if x.name == c.name), None)
-        t = (r.runs or [r.best]) if r is not None and (r.runs or r.best) else []
-        a = t[0].user_attrs if t else {}
+        r = results.get(c.name)
+        trial = (r.runs[0] if r.runs else r.best) if r is not None else None
+        a = trial.user_attrs if trial is not None else {}
         if "input_shape" not in a:
             continue  # not trained yet, or trials from an older slowai that did not record the input shape
         tuned = {k.removeprefix("model."): v for k, v in a.get("train_config", {}).items() if k.startswith("model.")}
@@ -354,87 +206,3 @@ def _data_text(res: StudyResult) -> str:
 
 def _counts(c: CandidateResult) -> str:
     return ", ".join(f"{n} {k}" for k, n in c.tune_counts.items()) or "no trials"
-
-
-# ------------------------------------------------------------------------------------------- plots
-def make_plots(res: StudyResult, out: Path) -> list[Path]:
-    """Accuracy vs cost, learning curves, and Optuna's history/importance plots; a plot that cannot be drawn
-    (e.g. importances from one trial) is skipped rather than failing the report."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for fn in (_plot_cost, _plot_curves):
-        fig = fn(res, plt)
-        if fig is not None:
-            paths.append(_save(fig, out / f"{fn.__name__.removeprefix('_plot_')}.png", plt))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for c in res.candidates:
-            for kind in ("history", "importance"):
-                try:
-                    study = res.optuna_study(c.name, "tune")
-                    vis = optuna.visualization.matplotlib
-                    fn = vis.plot_optimization_history if kind == "history" else vis.plot_param_importances
-                    ax = fn(study)
-                    ax.set_title(f"{c.name}: {ax.get_title()}")
-                    paths.append(_save(ax.figure, out / f"optuna_{kind}_{slug(c.name)}.png", plt))
-                except Exception:  # noqa: BLE001 - too few trials for this plot
-                    plt.close("all")
-    return paths
-
-
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plot_cost(res: StudyResult, plt: Any) -> Any:
-    from matplotlib import ticker
-
-    done = [c for c in res.candidates if c.acc is not None]
-    if not done:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (xlabel, xs) in zip(
-        axes, [("parameters", [c.params for c in done]), ("wall time per confirm run (s)", [c.wall_s for c in done])]
-    ):
-        for c, x in zip(done, xs):
-            err = 0 if math.isnan(c.acc.half_width) else 100 * c.acc.half_width
-            ax.errorbar(x, 100 * c.acc.mean, yerr=err, fmt="o", capsize=4, label=c.name)
-            ax.annotate(c.name, (x, 100 * c.acc.mean), textcoords="offset points", xytext=(6, 6))
-        ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy % (95% CI)")
-        plain = ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")  # "200", not "2 × 10^2"
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain if max(xs) / min(xs) < 10 else ticker.NullFormatter())
-        ax.grid(alpha=0.3)
-    axes[0].set_title("accuracy vs size")
-    axes[1].set_title("accuracy vs time")
-    return fig
-
-
-def _plot_curves(res: StudyResult, plt: Any) -> Any:
-    from matplotlib import ticker
-
-    done = [c for c in res.candidates if c.runs]
-    if not done:
-        return None
-    fig, axes = plt.subplots(1, len(done), figsize=(4 * len(done), 3.5), squeeze=False, sharey=True)
-    for ax, c in zip(axes[0], done):
-        for t in c.runs:
-            h = t.user_attrs.get("history", [])
-            ax.plot(
-                [r["epoch"] + 1 for r in h],
-                [100 * (r.get("valid_accuracy") or 0) for r in h],
-                "o-",
-                label=f"seed {t.user_attrs['seed']}",
-            )
-        ax.set(title=c.name, xlabel="epoch", ylabel="valid accuracy %")
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    return fig

@@ -6,7 +6,6 @@ first second with one clear line, before any output directory or storage is crea
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -199,13 +198,10 @@ class StudySpec:
             _check_device(self.device)
 
     def _check_data_kwargs(self) -> None:
-        from slowai.data import dataset_factory, dataset_settings
+        from slowai.data import dataset_options
 
-        fn = dataset_factory(self.dataset)
-        if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
-            return
-        valid = [k for k in dataset_settings(self.dataset) if k not in ("bs", "device", "subset", "root")]
-        if bad := sorted(set(self.data_kwargs) - set(valid)):
+        valid = dataset_options(self.dataset)
+        if valid is not None and (bad := sorted(set(self.data_kwargs) - set(valid))):
             raise StudyError(f"dataset {self.dataset!r} has no setting {bad[0]!r}; valid: {', '.join(valid)}")
 
     @property

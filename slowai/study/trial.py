@@ -19,14 +19,15 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from slowai.accel import CompileCB
 from slowai.callbacks import MetricsCB
 from slowai.core import Callback
 from slowai.data import DataLoaders
 from slowai.learner import DeviceCB, Learner
 from slowai.optim import create_optimizer
 from slowai.schedules import create_schedule
-from slowai.study import artifacts
-from slowai.study import claims
+from slowai.study import artifacts, claims
+from slowai.study.callbacks import FiniteLossCB, NonFiniteLoss, PruningCB, TrialBarCB
 from slowai.study.data import describe_data
 from slowai.study.knobs import TrainConfig
 from slowai.study.spec import Candidate, StudySpec, json_safe
@@ -34,82 +35,6 @@ from slowai.study.tracking import TrackedRun, Tracker, WandbCB
 from slowai.summary import Summary, summarize
 from slowai.train import evaluate
 from slowai.utils import set_seed
-
-NAN_CHECK_EVERY_GPU = 8  # batches between loss checks on an accelerator (each check is a host sync)
-
-
-class NonFiniteLoss(Exception):
-    """Training diverged (NaN/inf loss): stop the trial now, there is nothing left to learn from it."""
-
-
-class PruningCB(Callback):
-    """Report valid accuracy to Optuna after every epoch and raise `optuna.TrialPruned` when the pruner says so.
-
-    Never prunes after the last epoch: that trial's value is complete and should count as such.
-    """
-
-    order = MetricsCB.order + 3  # after WandbCB, so the pruned epoch is still logged
-
-    def __init__(self, trial: optuna.Trial) -> None:
-        self.trial = trial
-
-    def after_epoch(self) -> None:
-        if self.learn.training:
-            return
-        epoch = self.learn.epoch
-        self.trial.report(self.learn.cb(MetricsCB).last["accuracy"], epoch)
-        if epoch < self.learn.n_epochs - 1 and self.trial.should_prune():
-            self.trial.set_user_attr("stop_reason", f"pruned after epoch {epoch + 1}/{self.learn.n_epochs}")
-            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-
-
-class FiniteLossCB(Callback):
-    """Stop a diverged trial as soon as its loss is NaN/inf, with the epoch and batch in the reason.
-
-    The batch loss is checked every batch on CPU (free) and every `every` batches on an accelerator (each check is a
-    host sync), and the epoch mean always: a diverged trial stops within a few batches instead of running on.
-    """
-
-    order = MetricsCB.order + 1
-
-    def __init__(self, every: int | None = None) -> None:
-        self.every = every
-
-    def after_loss(self) -> None:
-        loss, i = self.learn.loss, self.learn.iter
-        k = self.every or (1 if loss.device.type == "cpu" else NAN_CHECK_EVERY_GPU)
-        if (i + 1) % k == 0 and not bool(torch.isfinite(loss.detach()).all()):
-            self._stop(float(loss.detach().float().mean()), f", batch {i + 1}/{_n_batches(self.learn)}")
-
-    def after_epoch(self) -> None:
-        loss = self.learn.cb(MetricsCB).last["loss"]
-        if not math.isfinite(loss):
-            self._stop(loss, " (epoch mean)")
-
-    def _stop(self, value: float, where: str) -> None:
-        kind = "train" if self.learn.training else "valid"
-        raise NonFiniteLoss(
-            f"non-finite {kind} loss ({value}) at epoch {self.learn.epoch + 1}/{self.learn.n_epochs}{where}"
-        )
-
-
-def _n_batches(learn: Learner) -> int | str:
-    dl = learn.dls.train if learn.training else learn.dls.valid  # learn.dl may be wrapped in a progress bar
-    return len(dl) if hasattr(dl, "__len__") else "?"
-
-
-class TrialBarCB(Callback):
-    """A batch progress bar per epoch nested under the study's master bar."""
-
-    order = MetricsCB.order + 4
-
-    def __init__(self, parent: Any) -> None:
-        self.parent = parent
-
-    def before_epoch(self) -> None:
-        from fastprogress.fastprogress import progress_bar
-
-        self.learn.dl = progress_bar(self.learn.dl, leave=False, parent=self.parent)
 
 
 @dataclass
@@ -167,6 +92,7 @@ class TrialRunner:
         self.out = spec.out_dir
         self.summaries: dict[tuple, Summary] = {}
         self.logged_tables: set[str] = set()
+        self.compiled: dict[tuple, torch.nn.Module] = {}
 
     def summary(self, cand: Candidate, cfg: TrainConfig, dls: DataLoaders) -> Summary:
         """Per-layer summary of the model this run trains (tuned model kwargs included), once per process."""
@@ -181,9 +107,12 @@ class TrialRunner:
         cfg, dls, tune = ctx.config, ctx.dls, ctx.stage == "tune"
         set_seed(ctx.seed)
         model = ctx.candidate.build(dls.input_shape[0], dls.n_classes, **cfg.model_kw)
+        accel = self.accel(ctx.candidate)
+        if any(isinstance(cb, CompileCB) for cb in accel):
+            model = self._reuse_compiled(ctx, model)
         metrics = MetricsCB()
         cbs: list[Callback] = [DeviceCB(dls.device), metrics, create_schedule(cfg.sched, **cfg.sched_kw), WandbCB(run)]
-        cbs += self.accel(ctx.candidate)
+        cbs += accel
         if tune:
             cbs += [FiniteLossCB(), PruningCB(ctx.trial)]
         if bar is not None:
@@ -203,6 +132,19 @@ class TrialRunner:
         wall = time.perf_counter() - t0
         train_s = [r["seconds"] for r in metrics.train_history]
         return Outcome(_history(metrics), sum(train_s) / max(len(train_s), 1), wall, test, state, why), model
+
+    def _reuse_compiled(self, ctx: TrialContext, fresh: torch.nn.Module) -> torch.nn.Module:
+        """The module this process already compiled for this architecture, holding `fresh`'s seeded weights.
+
+        Why: compiling a new module costs seconds of tracing even with inductor's disk cache, every trial; copying the
+        new weights and buffers into the compiled one (in place, so no guard changes) costs nothing.
+        """
+        key = (ctx.candidate.name, repr(sorted(ctx.config.model_kw.items())), ctx.dls.input_shape, ctx.dls.n_classes)
+        cached = self.compiled.setdefault(key, fresh)
+        if cached is not fresh:
+            with torch.no_grad():
+                cached.load_state_dict(fresh.to(next(cached.parameters()).device).state_dict())
+        return cached
 
     def run(self, ctx: TrialContext, study: optuna.Study, bar: Any) -> Outcome:
         """Train, record attrs + W&B, save a confirm run's model, tell Optuna; on errors the W&B run is closed."""
