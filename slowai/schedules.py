@@ -16,7 +16,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR, OneCycleLR
 
 from slowai.core import Callback
-from slowai.optim import Registry
+from slowai.registry import Registry
 
 __all__ = [
     "ConstantCB",

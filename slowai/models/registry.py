@@ -6,24 +6,19 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {}
+from slowai.registry import Registry
+
+_MODELS = Registry("model")
 
 
 def register_model(name: str, description: str = "") -> Callable:
     """Decorator: make `fn(in_chans=..., num_classes=..., **kw)` creatable as `create_model(name)`."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = (fn, description or (fn.__doc__ or "").strip().split("\n")[0])
-        return fn
-
-    return deco
+    return _MODELS.register(name, description)
 
 
 def list_models() -> dict[str, str]:
     """Registered names with a one-line description; `timm/<name>` reaches any timm model too."""
-    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
+    return _MODELS.names()
 
 
 def create_model(name: str, in_chans: int | None = None, num_classes: int | None = None, **kw) -> nn.Module:
@@ -37,8 +32,6 @@ def create_model(name: str, in_chans: int | None = None, num_classes: int | None
         if not timm.is_model(timm_name):
             raise ValueError(f"unknown timm model {timm_name!r}; see timm.list_models()")
         return timm.create_model(timm_name, pretrained=False, **kw)
-    if name not in _REGISTRY:
-        valid = ", ".join(list_models()) + ", timm/<any timm model>"
-        raise ValueError(f"unknown model {name!r}; valid names: {valid}")
-    fn, _ = _REGISTRY[name]
-    return fn(**kw)
+    if name not in _MODELS.entries:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}, timm/<any timm model>")
+    return _MODELS.get(name)(**kw)
