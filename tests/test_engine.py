@@ -220,3 +220,20 @@ def test_a_compiled_module_is_reused_with_each_new_trials_seeded_weights():
     reused = runner._reuse_compiled(ctx, second)
     assert reused is first  # the already compiled module, now holding the new trial's initial weights
     assert all(torch.equal(a, b) for a, b in zip(reused.state_dict().values(), second.state_dict().values()))
+
+
+def test_speed_ups_are_chosen_by_rule_kept_on_resume_and_overridden_by_flags():
+    from slowai.study import speed
+    from slowai.study.plan import DataSizes, Throughput
+
+    s = spec(Path("unused"), candidates=["plain"])
+    sizes = DataSizes(10_000, 2_000, 50_000, 10_000, 10_000)
+    slow, fast = {"plain": Throughput(50.0, 500.0)}, {"plain": Throughput(1e6, 1e6)}
+    cpu, quiet = torch.device("cpu"), lambda msg: None
+    big = Budget(trials=6, tune_epochs=2, seeds=3, confirm_epochs=3)
+    assert "compile" in speed.decide(s, big, sizes, slow, cpu, {}, quiet)["plain"]  # hours of training: compile
+    assert "compile" not in speed.decide(s, TINY, sizes, fast, cpu, {}, quiet)["plain"]  # seconds: not worth it
+    stored = {"plain": {"accel": {"plain": ["channels_last"]}}}
+    assert speed.decide(s, big, sizes, slow, cpu, stored, quiet)["plain"] == ["channels_last"]  # a resume keeps it
+    forced = spec(Path("unused"), candidates=["plain"], compile=True, channels_last=False)
+    assert speed.decide(forced, TINY, sizes, fast, cpu, stored, quiet)["plain"] == ["compile"]

@@ -120,18 +120,19 @@ def estimate(
     speedups: dict[str, tuple[float, float]] | None = None,
 ) -> Estimate:
     """Seconds for the work left: `todo[candidate] = (tune trials, confirm seeds)` still to run (all by default);
-    `speedups[candidate] = (throughput factor, seconds added per run)` of its accelerations (compile, ...)."""
+    `speedups[candidate] = (throughput factor, seconds paid once)` of its accelerations (compile: its cold cost)."""
     est = Estimate()
     for name, eager in speed.items():
-        factor, per_run = (speedups or {}).get(name, (1.0, 0.0))
+        factor, once = (speedups or {}).get(name, (1.0, 0.0))
         tp = Throughput(eager.train_ips * factor, eager.eval_ips * factor)
         n_tune, n_conf = todo[name] if todo is not None else (budget.trials, budget.seeds)
         tune_epoch = sizes.tune_train / tp.train_ips + sizes.tune_valid / tp.eval_ips
         conf_epoch = sizes.confirm_train / tp.train_ips + sizes.confirm_valid / tp.eval_ips
         shrink = PRUNED_FRACTION if pruner != "none" and budget.tune_epochs > 1 else 1.0
-        est.tune[name] = n_tune * (budget.tune_epochs * tune_epoch * shrink + RUN_OVERHEAD_S + per_run)
+        est.tune[name] = n_tune * (budget.tune_epochs * tune_epoch * shrink + RUN_OVERHEAD_S) + (once if n_tune else 0)
         test_s = sizes.confirm_test / tp.eval_ips
-        est.confirm[name] = n_conf * (budget.confirm_epochs * conf_epoch + test_s + RUN_OVERHEAD_S + per_run)
+        est.confirm[name] = n_conf * (budget.confirm_epochs * conf_epoch + test_s + RUN_OVERHEAD_S)
+        est.confirm[name] += once if n_conf and not n_tune else 0
     return est
 
 

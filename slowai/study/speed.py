@@ -34,8 +34,7 @@ def decide(
     can_compile, why_not = accel.compiler_available() if device.type == "cpu" else (True, "")
     out = {}
     for c in spec.candidates:
-        tp = throughput.get(c.name)
-        eager_s = budget.tune_epochs * sizes.tune_train / tp.train_ips if tp else 0.0
+        eager_s = study_train_seconds(budget, sizes, throughput[c.name]) if c.name in throughput else 0.0
         flags = {
             "amp": spec.amp and device.type == "cuda",
             "channels_last": _flag(spec.channels_last, "channels_last", before.get(c.name))
@@ -52,6 +51,14 @@ def decide(
     return out
 
 
+def study_train_seconds(budget: Budget, sizes: DataSizes, tp: Throughput) -> float:
+    """Eager training seconds of all of a candidate's runs: what one compile serves, since a worker compiles an
+    architecture once and reuses the compiled module for every later trial (see `TrialRunner._reuse_compiled`)."""
+    tune = budget.trials * budget.tune_epochs * sizes.tune_train
+    confirm = budget.seeds * budget.confirm_epochs * sizes.confirm_train
+    return (tune + confirm) / tp.train_ips
+
+
 def _flag(explicit: bool | None, name: str, stored: list[str] | None) -> bool:
     """The explicit setting, else what the stored study used; False when neither says (then the rule decides)."""
     if explicit is not None:
@@ -60,15 +67,15 @@ def _flag(explicit: bool | None, name: str, stored: list[str] | None) -> bool:
 
 
 def speedups(chosen: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
-    """(throughput factor, seconds added per run) each candidate's speed-ups are expected to give, for the estimate."""
+    """(throughput factor, seconds paid once) each candidate's speed-ups are expected to give, for the estimate."""
     return {name: _expected(names) for name, names in chosen.items()}
 
 
 def _expected(names: list[str]) -> tuple[float, float]:
-    """Compile's measured speed-up and its per-run cost with a warm cache (the first run pays the cold compile)."""
+    """Compile's measured speed-up and its one-off cold compile (each worker then reuses the compiled module)."""
     if "compile" not in names:
         return 1.0, 0.0
-    return accel.COMPILE_SPEEDUP, accel.COMPILE_COST_S["warm"]
+    return accel.COMPILE_SPEEDUP, accel.COMPILE_COST_S["cold"]
 
 
 def prepare_compile(chosen: dict[str, list[str]], log: Callable[[str], None]) -> None:
