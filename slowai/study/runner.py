@@ -88,7 +88,7 @@ class Runner:
         accel = speed.decide(self.spec, budget, sizes, throughput, self.device, stored, self.log)
         done = done_counts(self.spec, self.storage, budget)
         todo = {k: (max(budget.trials - t, 0), max(budget.seeds - c, 0)) for k, (t, c) in done.items()}
-        est = planning.estimate(budget, sizes, throughput, self.spec.pruner, todo, speed.speedups(accel))
+        est = planning.estimate(budget, sizes, throughput, self.spec.pruner, todo, speed.speedups(self.spec, accel))
         self.plan = planning.Plan(
             budget, sizes, throughput, est, done, fits, self.time_budget_s, self.device, self.shown_url, accel
         )

@@ -40,7 +40,7 @@ def decide(
             "channels_last": _flag(spec.channels_last, "channels_last", before.get(c.name))
             or (spec.channels_last is None and c.name not in before and accel.channels_last_pays(c.model, device)),
             "compile": _flag(spec.compile, "compile", before.get(c.name))
-            or (spec.compile is None and c.name not in before and accel.compile_pays(eager_s, device)),
+            or (spec.compile is None and c.name not in before and accel.compile_pays(eager_s, device, model=c.model)),
         }
         out[c.name] = [n for n in NAMES if flags[n]]
     if not can_compile and any("compile" in v for v in out.values()):
@@ -66,16 +66,18 @@ def _flag(explicit: bool | None, name: str, stored: list[str] | None) -> bool:
     return stored is not None and name in stored
 
 
-def speedups(chosen: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
+def speedups(spec: StudySpec, chosen: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
     """(throughput factor, seconds paid once) each candidate's speed-ups are expected to give, for the estimate."""
-    return {name: _expected(names) for name, names in chosen.items()}
+    return {name: _expected(spec.candidate(name).model, names) for name, names in chosen.items()}
 
 
-def _expected(names: list[str]) -> tuple[float, float]:
-    """Compile's measured speed-up and its one-off cold compile (each worker then reuses the compiled module)."""
+def _expected(model: str, names: list[str]) -> tuple[float, float]:
+    """Compile's measured speed-up for `model` and its one-off cold compile (a worker reuses the compiled graphs);
+    channels-last's gain is left out of the estimate: it varies most with the load (benchmarks/README.md)."""
     if "compile" not in names:
         return 1.0, 0.0
-    return accel.COMPILE_SPEEDUP, accel.COMPILE_COST_S["cold"]
+    speedup = accel.COMPILE_SPEEDUP.get(model, min(accel.COMPILE_SPEEDUP.values()))
+    return speedup, accel.COMPILE_COST_S["cold"]
 
 
 def prepare_compile(chosen: dict[str, list[str]], log: Callable[[str], None]) -> None:
