@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,10 +151,9 @@ def fit_in_new_process(variant: str, cache: str | None, args: argparse.Namespace
     return res
 
 
-def whole_fits(args: argparse.Namespace, variant: str) -> dict[str, list[dict[str, Any]]]:
+def whole_fits(args: argparse.Namespace, variant: str, root: Path) -> dict[str, list[dict[str, Any]]]:
     """Eager, cold-cache and warm-cache fits in new processes, interleaved: round 1 E C W, round 2 W C E, ..."""
     runs: dict[str, list[dict[str, Any]]] = {"eager": [], "cold": [], "warm": []}
-    root = Path(tempfile.mkdtemp(prefix="slowai-compile-cache-"))
     first = str(root / "run0")
     for r in range(args.fit_rounds):
         cold_dir = str(root / f"run{r}")
@@ -191,20 +191,30 @@ def main() -> None:
         print(json.dumps(one_fit(args.one_fit, args.cache, args.fit_subset, args.seed)))
         return
 
+    root = Path(tempfile.mkdtemp(prefix="slowai-cpu-speed-"))  # the compile caches: removed at the end
+    try:
+        out = run(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Both parts, with every compile cache under `root`."""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     out: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     if args.only in (None, "throughput"):
-        enable_compile_cache(tempfile.mkdtemp(prefix="slowai-compile-cache-"))  # cold: compile times are honest
+        enable_compile_cache(root / "throughput")  # empty: the compile times are cold ones
         dls = slowai.fashion_mnist(bs=BS, device="cpu", subset=args.subset)
         out["throughput"] = {m: throughput(m, dls, args.rounds, args.seed) for m in args.models}
         print_table(out["throughput"])
     if args.only in (None, "fits"):
         print(f"\n(b) whole fits, {args.fit_variant} vs eager, each in a new process:")
-        out["fits"] = whole_fits(args, args.fit_variant)
+        out["fits"] = whole_fits(args, args.fit_variant, root)
         print_fits(out["fits"], args.fit_variant)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
-    if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":

@@ -198,10 +198,25 @@ def test_the_digits_study_script_runs_quick_from_the_command_line(tmp_path):
     env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "studies.digits", "--quick", "--no-progress", "--out", str(out)]
-    proc = subprocess.run([*cmd, "--compile", "--amp"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*cmd, "--no-compile", "--amp"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "on digits" in proc.stdout and "| residual |" in (out / "report.md").read_text()
     assert len(list((out / "artifacts").iterdir())) == 4  # 2 candidates × 2 confirm seeds
+    assert "note: --amp (bf16 autocast) is a GPU speed-up; ignored on cpu" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_study_with_compile_trains_compiled_models_and_records_it(tmp_path):
+    fixed = lambda trial: {"lr": 3e-3, "train.bs": 32}  # noqa: E731 - one architecture: one compile
+    s = spec(tmp_path, candidates=["conv"], space=fixed, compile=True, channels_last=True)
+    run_study(s, budget=TINY.with_(trials=1, seeds=1), log=lambda m: None)
+    for stage in ("tune", "confirm"):
+        (t,) = tune_trials(tmp_path, "eng", "conv", stage)
+        assert t.user_attrs["accel"] == ["ChannelsLastCB", "CompileCB"] and t.state.name == "COMPLETE"
+    model = slowai.load_model(tmp_path, "conv")
+    assert not hasattr(model, "_slowai_compiled")  # saved weights load into a plain, uncompiled module
 
 
 def test_a_compiled_module_is_reused_with_each_new_trials_seeded_weights():
