@@ -54,8 +54,10 @@ def main() -> None:
             subprocess.run(cmd, env=env, check=True)
             walls[mode] = json.loads((out / "wall.json").read_text())["wall_s"]
             print(f"{mode}: {walls[mode]:.0f} s wall", flush=True)
-    print(f"\nstudy wall time: eager {walls['eager']:.0f} s, automatic speed-ups {walls['auto']:.0f} s "
-          f"(compile included, cold cache): {walls['eager'] / walls['auto']:.2f}x shorter")
+    print(
+        f"\nstudy wall time: eager {walls['eager']:.0f} s, automatic speed-ups {walls['auto']:.0f} s "
+        f"(compile included, cold cache): {walls['eager'] / walls['auto']:.2f}x shorter"
+    )
 
 
 if __name__ == "__main__":
