@@ -50,11 +50,11 @@ class BatchTimesCB(Callback):
         self.times[self.learn.training].append(time.perf_counter() - self._t0)
 
     def compile_seconds(self) -> float:
-        """Time above the phase's median in batches taking over twice the median (first calls, recompiles)."""
+        """Time above the median of the later batches in batches taking over twice it (first calls, recompiles)."""
         extra = 0.0
         for ts in self.times.values():
-            if ts:
-                med = statistics.median(ts)
+            if len(ts) > 1:
+                med = statistics.median(ts[1:])
                 extra += sum(t - med for t in ts if t > 2 * med)
         return extra
 

@@ -1,6 +1,15 @@
 """slowai: tuned, multi-seed, statistically honest ablation studies for image classifiers."""
 
-from slowai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB, accel_cbs
+from slowai.accel import (
+    ChannelsLastCB,
+    CompileCB,
+    MixedPrecisionCB,
+    accel_cbs,
+    channels_last_pays,
+    compile_pays,
+    compiler_available,
+    enable_compile_cache,
+)
 from slowai.activations import ActivationStatsCB
 from slowai.callbacks import LRFinderCB, MetricsCB, ProgressCB, RecorderCB
 from slowai.data import (
@@ -88,13 +97,17 @@ __all__ = [
     "TrialContext",
     "UnknownDatasetError",
     "accel_cbs",
+    "channels_last_pays",
     "cifar10",
+    "compile_pays",
+    "compiler_available",
     "create_dataset",
     "create_model",
     "create_optimizer",
     "create_schedule",
     "default_device",
     "digits",
+    "enable_compile_cache",
     "evaluate",
     "fashion_mnist",
     "fit_with_schedule",

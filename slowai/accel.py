@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from slowai.core import Callback
+from slowai.models import create_model
 
 # Graphs kept per compiled `forward` code object: train and eval, per memory format, for every architecture sharing
 # it (conv, plain and residual all run `CNN.forward`). Past torch's default of 8 that code would silently run eagerly.
@@ -194,8 +195,8 @@ class CompileCB(_AccelCB):
 
 # ----------------------------------------------------------------------------------------------- when to use them
 # Training speed-up of compile + channels-last over eager, measured on the 2-core CPU with benchmarks/cpu_speed.py
-# (bs 512, Fashion-MNIST, AdamW + one-cycle, interleaved rounds; the lower of two runs, rounded down; see
-# benchmarks/README.md). A model not listed gets the lowest.
+# (bs 512, Fashion-MNIST, AdamW + one-cycle, interleaved rounds; see benchmarks/README.md): the lower of two
+# figures, rounded down; timm/resnet18 measured 1.0x in quiet rounds and 1.25x overall. Unlisted models: the lowest.
 COMPILE_SPEEDUP = {"conv": 1.45, "plain": 1.5, "residual": 1.45, "timm/resnet18": 1.1}
 # What compiling costs one process (residual: train + eval graph, one epoch of 10k images in a new process): into
 # an empty cache dir, and from one that already holds the graphs. Later fits in the same process reuse the graphs.
@@ -232,8 +233,6 @@ def channels_last_pays(model: str | nn.Module, device: torch.device | str = "cpu
     if torch.device(device).type not in ("cpu", "cuda"):
         return False
     if isinstance(model, str):
-        from slowai.models import create_model
-
         model = create_model(model)
     return _is_conv_net(model)
 
