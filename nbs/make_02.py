@@ -48,7 +48,8 @@ CELLS = [
     new_markdown_cell("## The offline W&B runs, read back from their files"),
     new_code_cell(
         "runs = [read_offline_run(d) for d in offline_runs(out / 'wandb')]\n"
-        "[(r['name'], r['config']['lr'], r['summary'].get('test_accuracy')) for r in runs]"
+        "trials = [r for r in runs if r['job_type'] != 'summary']  # the other one holds the verdict table\n"
+        "[(r['name'], r['config']['lr'], r['summary'].get('test_accuracy')) for r in trials]"
     ),
 ]
 

@@ -49,7 +49,17 @@ from slowai.schedules import (
     list_schedules,
     register_schedule,
 )
-from slowai.study import Budget, Candidate, StudyError, StudyResult, StudySpec, TrialContext, load_model, run_study
+from slowai.study import (
+    Ablation,
+    Budget,
+    Candidate,
+    StudyError,
+    StudyResult,
+    StudySpec,
+    TrialContext,
+    load_model,
+    run_study,
+)
 from slowai.summary import Summary, SummaryCB, summarize
 from slowai.train import RECIPES, Recipe, evaluate, fit_with_schedule, register_recipe, train_1cycle, train_multistep
 from slowai.utils import default_device, set_seed
@@ -58,6 +68,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStatsCB",
+    "Ablation",
     "Budget",
     "CNN",
     "Callback",

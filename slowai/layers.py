@@ -61,22 +61,60 @@ class Conv(nn.Sequential):
             self.norm = nn.BatchNorm2d(c_out)
 
 
+SHORTCUTS = ("pool", "stride")
+
+
+def check_shortcut(shortcut: str) -> None:
+    """Reject unknown identity-path styles with the valid ones, so a study config typo fails at build time."""
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut {shortcut!r}; use one of {', '.join(map(repr, SHORTCUTS))}")
+
+
+def identity_path(c_in: int, c_out: int, stride: int, shortcut: str = "pool") -> tuple[nn.Module, nn.Module]:
+    """(pool, idconv) that bring x to the conv path's shape, parameter-free when the shapes already match."""
+    # "pool" (ResNet-D): avg-pool then 1x1 conv, so the projection sees every pixel; ceil_mode keeps odd sizes in step
+    # with the strided conv (7 -> 4, as padding=ks//2 gives). "stride" (the original ResNet's projection, option B): one
+    # strided 1x1 conv, also 7 -> 4 (floor((7 - 1) / 2) + 1), reading only every other pixel.
+    check_shortcut(shortcut)
+    if shortcut == "stride":
+        needs_conv = c_in != c_out or stride != 1
+        return nn.Identity(), nn.Conv2d(c_in, c_out, 1, stride=stride) if needs_conv else nn.Identity()
+    pool = nn.AvgPool2d(2, ceil_mode=True) if stride != 1 else nn.Identity()
+    return pool, nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+
 class ResidualConvBlock(nn.Module):
-    """Two Convs plus an identity path (avg-pool/1x1 conv where shapes change): deep nets start near shallow ones."""
+    """Two Convs plus an identity path (avg-pool/1x1 conv where shapes change): deep nets start near shallow ones.
+
+    `skip=False` drops the identity path (no pool/idconv modules) and `shortcut` picks its projection (see
+    `identity_path`), so a study can ablate each part while the defaults stay the notebook's block.
+    """
 
     def __init__(
-        self, c_in: int, c_out: int, stride: int = 2, ks: int = 3, act: ActSpec = True, norm: bool = True
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int = 2,
+        ks: int = 3,
+        act: ActSpec = True,
+        norm: bool = True,
+        skip: bool = True,
+        shortcut: str = "pool",
     ) -> None:
         super().__init__()
+        check_shortcut(shortcut)  # even when skip=False ignores it: a config typo should not pass silently
+        self.skip, self.shortcut = skip, shortcut
         self.conv_a = Conv(c_in, c_out, stride=1, ks=ks, act=act, norm=norm)
         self.conv_b = Conv(c_out, c_out, stride=stride, ks=ks, act=False, norm=norm)
-        # ceil_mode keeps odd sizes in step with the strided conv (7 -> 4, as padding=ks//2 gives).
-        self.pool = nn.AvgPool2d(2, ceil_mode=True) if stride != 1 else nn.Identity()
-        self.idconv = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        if skip:
+            self.pool, self.idconv = identity_path(c_in, c_out, stride, shortcut)
         self.act = make_act(act) or nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv_b(self.conv_a(x)) + self.idconv(self.pool(x)))
+        out = self.conv_b(self.conv_a(x))
+        if self.skip:
+            out = out + self.idconv(self.pool(x))
+        return self.act(out)
 
 
 class DoubleConvBlock(nn.Module):

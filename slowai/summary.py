@@ -20,6 +20,7 @@ from slowai.core import Callback, CancelFitException
 from slowai.utils import in_notebook
 
 COLUMNS = ["Type", "Input shape", "Output shape", "N. params", "MFLOPs/sample"]
+DEFAULT_BATCH = 2  # the batch a sample shape (C, H, W) is traced with when batch_size is not given
 
 
 def _fmt_shape(shape: Any) -> str:
@@ -97,18 +98,39 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _batch_shape(input_shape: tuple[int, ...], batch_size: int | None) -> tuple[int, ...]:
+    """(B, C, H, W) from a sample shape (C, H, W) plus batch_size (default 2), or from a batch shape as given."""
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 3:
+        return (DEFAULT_BATCH if batch_size is None else batch_size, *shape)
+    if len(shape) == 4:
+        if batch_size is not None and batch_size != shape[0]:
+            raise ValueError(f"input_shape {shape} sets the batch to {shape[0]} but batch_size={batch_size}: give one")
+        return shape
+    raise ValueError(
+        f"input_shape must be a sample shape (C, H, W) or a batch shape (B, C, H, W), got {shape}; "
+        "for other inputs pass xb"
+    )
+
+
 def _input_batch(
-    model: nn.Module, input_shape: tuple[int, ...] | None, dls: Any, xb: torch.Tensor | None, batch_size: int
+    model: nn.Module,
+    input_shape: tuple[int, ...] | None,
+    dls: Any,
+    xb: torch.Tensor | None,
+    batch_size: int | None,
 ) -> torch.Tensor:
-    """The batch to trace: `xb`, else a batch from `dls`, else random `(batch_size, *input_shape)`."""
+    """The batch to trace: `xb`, else a batch from `dls`, else random data of `input_shape` (see `_batch_shape`)."""
     device = _model_device(model)
     if xb is None and dls is not None:
         batch = dls.one_batch(split="train")
         xb = batch[0] if isinstance(batch, (tuple, list)) else batch
     if xb is None:
         if input_shape is None:
-            raise ValueError("summarize needs one of xb, dls or input_shape (C, H, W) to build an input batch")
-        xb = torch.randn(batch_size, *input_shape)
+            raise ValueError(
+                "summarize needs one of xb, dls or input_shape (C, H, W) or (B, C, H, W) to build an input batch"
+            )
+        xb = torch.randn(*_batch_shape(input_shape, batch_size))
     return xb.to(device)
 
 
@@ -155,10 +177,13 @@ def summarize(
     input_shape: tuple[int, ...] | None = None,
     dls: Any = None,
     xb: torch.Tensor | None = None,
-    batch_size: int = 2,
+    batch_size: int | None = None,
 ) -> Summary:
     """Trace ONE eval-mode, no-grad forward: per-module shapes (with batch dim), params and MFLOPs per sample.
 
+    The input is `xb`, else a batch of `dls`, else random data: `input_shape` is a sample shape (C, H, W), batched
+    as (batch_size, C, H, W) with batch_size 2 by default, or a whole batch shape (B, C, H, W). Either way MFLOPs
+    are the traced batch's FLOPs divided by its batch size, so they do not depend on B (shapes in rows do).
     Rows default to `model.layers` (else top-level children); Total counts the whole model's params and FLOPs.
     """
     mods = _as_module_list(modules) if modules is not None else _default_modules(model)

@@ -1,7 +1,8 @@
-"""Activation and init ablation on the residual net: GeneralReLU vs ReLU × leaky-Kaiming vs PyTorch default init.
+"""Activation × init on the residual net, as a 2×2 factorial: GeneralReLU vs ReLU × leaky-Kaiming vs default init.
 
-Same machinery as residual_vs_plain: every arm is tuned (lr, weight decay), confirmed over seeds on the test set,
-and compared with the plain-PyTorch arm (ReLU, default init) with 95% CIs and Welch's test.
+All four cells are tuned (lr, weight decay) and confirmed on paired seeds. Besides each cell vs plain PyTorch (ReLU,
+default init), the report gives both main effects (e.g. GeneralReLU's gain averaged over the two inits) and their
+interaction (does the leaky init matter more with GeneralReLU?), each with a CI, Holm-corrected.
 """
 
 import sys
@@ -9,14 +10,16 @@ import sys
 import torch.nn as nn
 
 from slowai import GeneralReLU
-from slowai.study import Candidate, main
+from slowai.study import Ablation, Candidate, main
 
-CANDIDATES = [
-    Candidate("generalrelu-leaky", "residual", {"act": GeneralReLU, "init": "leaky"}),
-    Candidate("generalrelu-default", "residual", {"act": GeneralReLU, "init": "default"}),
-    Candidate("relu-leaky", "residual", {"act": nn.ReLU, "init": "leaky"}),
-    Candidate("relu-default", "residual", {"act": nn.ReLU, "init": "default"}),
-]
+ABLATION = Ablation(
+    Candidate("relu+default", "residual", {"act": nn.ReLU, "init": "default"}),
+    {
+        "act": {"relu": {}, "generalrelu": {"act": GeneralReLU}},
+        "init": {"default": {}, "leaky": {"init": "leaky"}},
+    },
+    design="factorial",
+)
 
 if __name__ == "__main__":
-    sys.exit(main("activation_ablation", CANDIDATES, description=__doc__, reference="relu-default"))
+    sys.exit(main("activation_ablation", ABLATION, description=__doc__))

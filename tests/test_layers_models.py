@@ -162,3 +162,101 @@ def test_width_is_one_knob_for_every_block_of_the_notebook_nets():
     assert n_params(create_model("residual", width=8)) == n_params(create_model("residual")) == 321_438
     with pytest.raises(ValueError, match="either width or nfs"):
         create_model("conv", width=4, nfs=(4, 8, 16, 32, 64))
+
+
+# Ablation toggles of the residual net, on the notebook's 1-channel 28x28, 10-class setup.
+RESIDUAL_TOTAL = 321_438
+# idconv (1x1 conv + bias) params per block, nfs (8, 16, 32, 64, 128) then the 10-class head:
+# 1*8+8 + 8*16+16 + 16*32+32 + 32*64+64 + 64*128+128 + 128*10+10 = 16 + 144 + 544 + 2_112 + 8_320 + 1_290 = 12_426.
+NO_SKIP_TOTAL = RESIDUAL_TOTAL - 12_426  # 309_012: the plain net's count, as the act moves but has no params
+# Each Conv swaps BatchNorm's weight+bias (2 * c_out) for a conv bias (c_out); two Convs per block:
+# 2 * (8 + 16 + 32 + 64 + 128 + 10) = 516.
+NO_NORM_TOTAL = RESIDUAL_TOTAL - 516  # 320_922
+
+
+def test_residual_ablation_defaults_keep_the_notebook_model_and_its_outputs():
+    torch.manual_seed(0)
+    default = create_model("residual", in_chans=1, num_classes=10).eval()
+    torch.manual_seed(0)
+    explicit = create_model("residual", in_chans=1, num_classes=10, skip=True, shortcut="pool", norm=True).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert n_params(default) == n_params(explicit) == RESIDUAL_TOTAL
+    assert torch.equal(default(x), explicit(x))
+
+
+def test_residual_without_skip_has_no_identity_path():
+    model = create_model("residual", skip=False)
+    assert n_params(model) == NO_SKIP_TOTAL
+    assert not any(hasattr(block, "idconv") or hasattr(block, "pool") for block in model.layers)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_block_without_skip_is_act_of_the_two_convs():
+    block = ResidualConvBlock(4, 8, stride=2, skip=False).eval()
+    x = torch.randn(2, 4, 7, 7)
+    assert torch.allclose(block(x), block.act(block.conv_b(block.conv_a(x))))
+    assert not any(isinstance(m, nn.AvgPool2d) for m in block.modules())
+
+
+@pytest.mark.parametrize("size", [28, 8])
+def test_residual_with_strided_shortcut_matches_pool_params_and_shapes(size):
+    model = create_model("residual", shortcut="stride")
+    assert n_params(model) == RESIDUAL_TOTAL  # channels change in every block: one 1x1 conv each, as with "pool"
+    assert not any(isinstance(m, nn.AvgPool2d) for m in model.modules())
+    assert model(torch.randn(2, 1, size, size)).shape == (2, 10)
+    assert model.layers(torch.randn(2, 1, size, size)).shape == (2, 10, 1, 1)
+
+
+def test_strided_shortcut_keeps_odd_sizes_in_step_and_is_free_only_when_shapes_match():
+    block = ResidualConvBlock(4, 8, stride=2, shortcut="stride")
+    assert block.idconv.stride == (2, 2) and block.idconv.padding == (0, 0)
+    assert block(torch.randn(2, 4, 7, 7)).shape == (2, 8, 4, 4)  # 1x1 stride 2: floor((7 - 1) / 2) + 1 = 4
+    same_channels = ResidualConvBlock(8, 8, stride=2, shortcut="stride")
+    assert isinstance(same_channels.idconv, nn.Conv2d) and same_channels.idconv.stride == (2, 2)
+    assert same_channels(torch.randn(2, 8, 7, 7)).shape == (2, 8, 4, 4)
+    identity = ResidualConvBlock(8, 8, stride=1, shortcut="stride")
+    assert isinstance(identity.idconv, nn.Identity) and isinstance(identity.pool, nn.Identity)
+
+
+def test_unknown_shortcut_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown shortcut 'avg'.*'pool', 'stride'"):
+        create_model("residual", shortcut="avg")
+    with pytest.raises(ValueError, match=r"'pool', 'stride'"):
+        ResidualConvBlock(4, 8, skip=False, shortcut="conv")
+
+
+def test_residual_without_norm_has_no_batchnorm_and_trains_a_step():
+    model = create_model("residual", norm=False)
+    assert n_params(model) == NO_NORM_TOTAL
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and torch.isfinite(nn.functional.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("name", ["cnn", "conv", "plain"])
+def test_norm_false_reaches_every_block_of_the_other_nets(name):
+    model = create_model(name, norm=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert n_params(model) < n_params(create_model(name))
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_residual_ablations_combine():
+    model = create_model("residual", skip=False, norm=False, act=nn.ReLU, init="default")
+    assert n_params(model) == NO_SKIP_TOTAL - 516  # 308_496
+    assert any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert not any(isinstance(m, (GeneralReLU, nn.BatchNorm2d)) for m in model.modules())
+    assert torch.isfinite(model(torch.randn(2, 1, 28, 28))).all()
+
+
+@pytest.mark.parametrize("name", ["plain", "conv", "cnn"])
+def test_skip_and_shortcut_are_residual_only(name):
+    with pytest.raises(TypeError, match=rf"'{name}' got skip: only the 'residual' model takes them"):
+        create_model(name, skip=False)
+    with pytest.raises(TypeError, match="got shortcut: only the 'residual'"):
+        create_model(name, shortcut="stride")

@@ -69,8 +69,13 @@ def test_storage_holds_every_trial_with_attrs(study_dir):
 
 @pytest.mark.slow
 def test_one_offline_wandb_run_per_trial(study_dir):
-    runs = [read_offline_run(d) for d in offline_runs(study_dir / "wandb")]
+    every = [read_offline_run(d) for d in offline_runs(study_dir / "wandb")]
+    runs = [r for r in every if r["job_type"] != "summary"]
     assert len(runs) == 8  # 2 candidates x (2 tune + 2 confirm)
+    (verdicts,) = [r for r in every if r["job_type"] == "summary"]  # one per report: the verdict table
+    assert verdicts["name"] == "tiny-verdicts" and verdicts["config"]["design"]["first"] == 2
+    assert any(k.startswith("comparison") for h in verdicts["history"] for k in h)
+    assert verdicts["summary"]["verdict/conv"] in ("better", "worse", "equivalent", "inconclusive")
     names = {r["name"] for r in runs}
     assert names == {f"{c}-{s}-t{i}" for c in CANDS for s in ("tune", "confirm") for i in (0, 1)}
     for r in runs:
@@ -95,7 +100,7 @@ def test_report_files_name_every_candidate(study_dir):
     csv_text = (study_dir / "results.csv").read_text()
     for cand in CANDS:
         assert f"| {cand} |" in report and cand in csv_text
-        assert (study_dir / f"optuna_history_{cand}.png").stat().st_size > 0
+        assert (study_dir / "optuna_history.png").stat().st_size > 0
     for png in ("cost.png", "curves.png"):
         assert (study_dir / png).stat().st_size > 0
     assert "wandb sync" in report and "optuna studies --storage" in report
@@ -222,7 +227,7 @@ def test_published_numbers_get_a_column_and_the_gap_is_stated(tmp_path):
     res = report.StudyResult("s", "cifar10", "resnet", "url", [ours], None, "/data/c.npz", "90% JPEG-decoded")
     table = report.markdown_table(res)
     assert "| published valid / test % |" in table
-    assert "| resnet | 2 | 91.00 | 90.00 ± 12.71 | reference |" in table and "| 91.84 / 91.00 |" in table
+    assert "| resnet | 2 | 91.00 | 90.00 ± 12.71 | n/a | reference |" in table and "| 91.84 / 91.00 |" in table
     text = report._data_text(res)
     assert "cifar10 read from `/data/c.npz`: 90% JPEG-decoded." in text and "`resnet` -1.00" in text
     assert "these confirm runs trained 2 epochs" in text

@@ -48,6 +48,31 @@ def test_conv2d_flops_are_two_per_multiply_add_per_sample():
     assert s.total_mflops == pytest.approx(expected_flops / 1e6)
 
 
+def test_a_batch_shape_gives_the_same_params_and_per_sample_mflops_as_a_sample_shape(residual_cnn):
+    one = summarize(residual_cnn, input_shape=(1, 28, 28))
+    batch = summarize(residual_cnn, input_shape=(4, 1, 28, 28))
+    assert (one.batch_size, batch.batch_size) == (2, 4)
+    assert batch.rows[0]["input_shape"] == (4, 1, 28, 28) and batch.rows[-1]["output_shape"] == (4, 10, 1, 1)
+    assert batch.total_params == one.total_params == 321_438
+    assert batch.total_mflops == pytest.approx(one.total_mflops)
+    assert [r["mflops"] for r in batch.rows] == pytest.approx([r["mflops"] for r in one.rows])
+    assert summarize(residual_cnn, input_shape=(1, 28, 28), batch_size=4).total_mflops == pytest.approx(
+        one.total_mflops
+    )
+
+
+def test_a_batch_shape_and_a_different_batch_size_conflict(residual_cnn):
+    assert summarize(residual_cnn, input_shape=(4, 1, 28, 28), batch_size=4).batch_size == 4
+    with pytest.raises(ValueError, match=r"sets the batch to 4 but batch_size=3"):
+        summarize(residual_cnn, input_shape=(4, 1, 28, 28), batch_size=3)
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (1, 1, 1, 28, 28)])
+def test_other_input_shape_lengths_say_which_shapes_are_accepted(residual_cnn, shape):
+    with pytest.raises(ValueError, match=r"sample shape \(C, H, W\) or a batch shape \(B, C, H, W\)"):
+        summarize(residual_cnn, input_shape=shape)
+
+
 def test_row_flops_add_up_to_the_total(residual_cnn):
     s = summarize(residual_cnn, input_shape=(1, 28, 28))
     assert sum(r["mflops"] for r in s.rows) == pytest.approx(s.total_mflops)
@@ -61,7 +86,7 @@ def test_total_counts_the_whole_model_even_for_a_subset_of_rows(residual_cnn):
 
 def test_without_layers_attribute_rows_are_top_level_children():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 2))
-    s = summarize(model, input_shape=(3, 4))
+    s = summarize(model, xb=torch.randn(2, 3, 4))
     assert [r["type"] for r in s.rows] == ["Flatten", "Linear", "ReLU", "Linear"]
     assert [r["output_shape"] for r in s.rows] == [(2, 12), (2, 5), (2, 5), (2, 2)]
 

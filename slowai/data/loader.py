@@ -3,13 +3,16 @@
 Why: a study trains many short trials, so per-item PIL/ToTensor work and worker processes would dominate the run
 time. Here a batch is one gather on the device, a multiply-add to normalize with the training split's per-channel
 mean/std and, for training, one batched `grid_sample` for augmentation. Shuffles come from `torch.randperm` on the
-global CPU generator, so `slowai.utils.set_seed` makes the batch order repeatable (and identical across devices).
+global CPU generator, so `slowai.utils.set_seed` makes the batch order repeatable (and identical across devices),
+or from the loader's own stream after `reseed(seed)`: then two models trained with the same seed see the same batch
+order and augmentations whatever random numbers each model draws (paired seeds).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +57,35 @@ class TensorLoader:
         self.mean = tuple(float(m) for m in mean) if mean is not None else None
         self.std = tuple(float(s) for s in std) if std is not None else None
         self._scale, self._shift = self._affine(x)
+        self._rng: list[Tensor] | None = None  # own (CPU[, device]) generator states after reseed(); else global
+
+    def reseed(self, seed: int | None) -> None:
+        """Draw shuffles and augmentations from this loader's own stream started at `seed` (None: the global RNG)."""
+        if seed is None:
+            self._rng = None
+            return
+        with torch.random.fork_rng(devices=self._devices()):
+            torch.manual_seed(seed)
+            self._rng = self._states()
+
+    def _devices(self) -> list[torch.device]:
+        return [self.x.device] if self.x.is_cuda else []
+
+    def _states(self) -> list[Tensor]:
+        return [torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in self._devices())]
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Swap this loader's stream in around one draw (never across a yield: the model's draws stay global)."""
+        if self._rng is None:
+            yield
+            return
+        with torch.random.fork_rng(devices=self._devices()):
+            torch.set_rng_state(self._rng[0])
+            for d, state in zip(self._devices(), self._rng[1:]):
+                torch.cuda.set_rng_state(state, d)
+            yield
+            self._rng = self._states()
 
     def _affine(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Fold 1/255 and (v - mean)/std into one `v * scale - shift` so a batch costs one multiply-add."""
@@ -82,14 +114,16 @@ class TensorLoader:
         if self._scale is not None:
             xb = (xb.mul_(self._scale) if fresh else xb.mul(self._scale)).sub_(self._shift)
         if augment and self.augment is not None:
-            xb = self.augment(xb)
+            with self._own_rng():
+                xb = self.augment(xb)
         return xb, yb
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of (xb float32 (B,C,H,W), yb int64 (B,)) batches."""
         perm = None
         if self.shuffle:
-            perm = torch.randperm(self.n)  # CPU generator: seeded by set_seed, same order on every device
+            with self._own_rng():
+                perm = torch.randperm(self.n)  # CPU generator: seeded by set_seed, same order on every device
             if self.x.is_cuda:
                 perm = perm.pin_memory()
             perm = perm.to(self.x.device, non_blocking=True)

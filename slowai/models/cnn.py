@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from slowai.layers import ActFactory, Conv, DoubleConvBlock, GeneralReLU, ResidualConvBlock, init_leaky_weights
+from slowai.layers import (
+    ActFactory,
+    Conv,
+    DoubleConvBlock,
+    GeneralReLU,
+    ResidualConvBlock,
+    check_shortcut,
+    init_leaky_weights,
+)
 from slowai.models.registry import register_model
 
+# Called as block(c_in, c_out, [stride=, ks=,] act=, norm=): Conv, DoubleConvBlock and ResidualConvBlock all fit.
 Block = Callable[..., nn.Module]
+# Options of ResidualConvBlock's identity path: only the `residual` model has one to ablate.
+RESIDUAL_ONLY = ("skip", "shortcut")
 
 
 class CNN(nn.Module):
-    """Stride-2 conv stack ending in `n_outputs` channels; `self.layers` holds the blocks so summaries can list them."""
+    """Stride-2 conv stack ending in `n_outputs` channels; `self.layers` holds the blocks so summaries can list them.
+
+    `norm=False` builds every block (head included) without BatchNorm, for the 'no norm' ablation.
+    """
 
     def __init__(
         self,
@@ -24,12 +39,14 @@ class CNN(nn.Module):
         block: Block | None = None,
         in_chans: int = 1,
         act: ActFactory = GeneralReLU,
+        norm: bool = True,
     ) -> None:
         super().__init__()
         if len(nfs) < 1:
             raise ValueError("nfs needs at least one channel count")
         self.in_chans, self.n_outputs = in_chans, n_outputs
-        self.layers = nn.Sequential(*self.get_layers(tuple(nfs), n_outputs, block or Conv, in_chans, act))
+        block = partial(block or Conv, norm=norm)
+        self.layers = nn.Sequential(*self.get_layers(tuple(nfs), n_outputs, block, in_chans, act))
 
     def get_layers(
         self, nfs: tuple[int, ...], n_outputs: int, block: Block, in_chans: int, act: ActFactory
@@ -81,6 +98,15 @@ class DeeperCNN(CNN):
         return self._stack(block(in_chans, nfs[0], ks=5, stride=1, act=act), nfs, n_outputs, block, act)
 
 
+def _reject_residual_only(name: str, kw: dict[str, Any]) -> None:
+    """Name the model that takes skip/shortcut instead of letting CNN.__init__ raise a bare 'unexpected keyword'."""
+    given = [k for k in RESIDUAL_ONLY if k in kw]
+    if given:
+        raise TypeError(
+            f"{name!r} got {', '.join(given)}: only the 'residual' model takes them (they shape its identity path)"
+        )
+
+
 def _build(
     cls: type[CNN], in_chans: int, num_classes: int, init: str = "leaky", width: int | None = None, **kw: Any
 ) -> CNN:
@@ -100,23 +126,28 @@ def _build(
 
 @register_model("cnn", "5-block stride-2 CNN of Conv blocks (notebook baseline)")
 def cnn(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
-    """Notebook baseline CNN; accepts nfs or width, block, act, init."""
+    """Notebook baseline CNN; accepts nfs or width, block, act, norm, init."""
+    _reject_residual_only("cnn", kw)
     return _build(CNN, in_chans, num_classes, **kw)
 
 
 @register_model("conv", "DeeperCNN of single Conv blocks (6 convs)")
 def conv(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
-    """DeeperCNN with one Conv per block; accepts nfs or width, act, init."""
+    """DeeperCNN with one Conv per block; accepts nfs or width, act, norm, init."""
+    _reject_residual_only("conv", kw)
     return _build(DeeperCNN, in_chans, num_classes, block=Conv, **kw)
 
 
 @register_model("plain", "DeeperCNN of DoubleConvBlocks: residual's depth without skips")
 def plain(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
-    """DeeperCNN with two Convs per block and no identity path; accepts nfs or width, act, init."""
+    """DeeperCNN with two Convs per block and no identity path; accepts nfs or width, act, norm, init."""
+    _reject_residual_only("plain", kw)
     return _build(DeeperCNN, in_chans, num_classes, block=DoubleConvBlock, **kw)
 
 
 @register_model("residual", "DeeperCNN of ResidualConvBlocks (skip connections)")
-def residual(in_chans: int = 1, num_classes: int = 10, **kw: Any) -> CNN:
-    """DeeperCNN with ResidualConvBlocks; accepts nfs or width, act, init."""
-    return _build(DeeperCNN, in_chans, num_classes, block=ResidualConvBlock, **kw)
+def residual(in_chans: int = 1, num_classes: int = 10, skip: bool = True, shortcut: str = "pool", **kw: Any) -> CNN:
+    """DeeperCNN with ResidualConvBlocks; accepts nfs or width, act, norm, init, and skip/shortcut for ablations."""
+    check_shortcut(shortcut)
+    block = partial(ResidualConvBlock, skip=skip, shortcut=shortcut)
+    return _build(DeeperCNN, in_chans, num_classes, block=block, **kw)

@@ -42,6 +42,22 @@ def positive_int(text: str) -> int:
     return v
 
 
+def seeds_arg(text: str) -> str | int:
+    """argparse type: 'auto' or a number of seeds >= 1 (one seed gives numbers but no verdict: no spread)."""
+    return text if text == "auto" else positive_int(text)
+
+
+def margin_arg(text: str) -> float:
+    """argparse type: an equivalence margin in accuracy points, 0 <= m < 100."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of accuracy points, got {text!r}") from None
+    if not 0 <= v < 100:
+        raise argparse.ArgumentTypeError(f"must be in [0, 100) accuracy points, got {v}")
+    return v
+
+
 def build_parser(
     name: str, candidates: Sequence[str | Candidate], description: str = "", dataset: str = "fashion_mnist"
 ) -> argparse.ArgumentParser:
@@ -71,7 +87,21 @@ def build_parser(
     a("--reference", help="candidate the others are compared against (default: plain if present, else the first)")
     a("--trials", type=positive_int, help="Optuna trials per candidate (default: from the automatic plan)")
     a("--epochs", type=positive_int, help="epochs per trial, in both stages (default: from the automatic plan)")
-    a("--seeds", type=positive_int, help="confirm seeds per candidate (default: from the automatic plan, 3 on CPU)")
+    a(
+        "--seeds",
+        type=seeds_arg,
+        default="auto",
+        help="confirm seeds per candidate: auto (default) starts with the plan's few paired seeds and adds a round "
+        "while a comparison is undecided; a number runs exactly that many",
+    )
+    a("--max-seeds", type=positive_int, metavar="N", help="last look of --seeds auto (default: 10, or what fits)")
+    a(
+        "--margin",
+        type=margin_arg,
+        default=0.3,
+        metavar="POINTS",
+        help="equivalence margin in accuracy points: |Δ| within it counts as equivalent (default: %(default)s)",
+    )
     a("--subset", type=positive_int, help="training images used while tuning (default: from the plan)")
     a("--pruner", choices=PRUNERS, default="median", help="early stopping of bad tune trials (default: %(default)s)")
     a(
@@ -137,7 +167,7 @@ def _candidates(requested: Sequence[str], known: Sequence[str | Candidate]) -> l
 
 def main(
     name: str,
-    candidates: Sequence[str | Candidate],
+    candidates: Sequence[str | Candidate] | Any,
     argv: Sequence[str] | None = None,
     description: str = "",
     space: SearchSpace = default_space,
@@ -148,10 +178,16 @@ def main(
 ) -> int:
     """Parse `argv`, run the study, return the exit status (0, or 2 with one `error:` line on stderr).
 
+    `candidates` are names, Candidates, or an `Ablation` (its arms, its base as the default reference).
+
     `dataset` is the default of `--dataset`: a registered name, or a factory returning DataLoaders (then known to
     the command line by its function name); `callbacks` are added to every training run (see StudySpec)."""
+    from slowai.study.ablation import Ablation
     from slowai.study.runner import run_study
 
+    if isinstance(candidates, Ablation):  # its arms, compared with its base
+        reference = reference or candidates.reference
+        candidates = candidates.candidates
     default_name = dataset if isinstance(dataset, str) else getattr(dataset, "__name__", "custom")
     args = build_parser(name, candidates, description, default_name).parse_args(argv)
     study_name = args.study_name or f"{name}-{args.dataset}" + ("-quick" if args.quick else "")
@@ -176,7 +212,9 @@ def main(
             wandb_project=args.wandb_project,
             seed=args.seed,
             progress=not args.no_progress,
+            margin=args.margin / 100,
         )
+        fixed = args.seeds != "auto"
         run_study(
             spec,
             quick=args.quick,
@@ -189,7 +227,8 @@ def main(
             worker_id=args.worker_id,
             liveness=Liveness(args.heartbeat_interval, args.grace_period),
             trials=args.trials,
-            seeds=args.seeds,
+            seeds=args.seeds if fixed else None,
+            max_seeds=args.max_seeds or (args.seeds if fixed else None),
             tune_epochs=args.epochs,
             confirm_epochs=args.epochs,
             tune_subset=args.subset,

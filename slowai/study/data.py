@@ -72,4 +72,5 @@ def describe_data(dls: DataLoaders) -> Mapping[str, Any]:
         "data_note": dls.note,
         "input_shape": list(dls.input_shape),
         "n_classes": dls.n_classes,
+        "test_size": dls.test.n if dls.test is not None else None,  # bounds the test-set sampling error
     }

@@ -32,8 +32,9 @@ def seed_of(*parts: Any) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-def confirm_seeds(spec: StudySpec, budget: Budget) -> list[int]:
-    return [CONFIRM_SEED_BASE + spec.seed * 1000 + i for i in range(budget.seeds)]
+def confirm_seeds(spec: StudySpec, budget: Budget, n: int | None = None) -> list[int]:
+    """The confirm seeds in look order: the first `n` (default: the first look's `budget.seeds`)."""
+    return [CONFIRM_SEED_BASE + spec.seed * 1000 + i for i in range(budget.seeds if n is None else n)]
 
 
 class Ledger:
@@ -103,6 +104,15 @@ class Ledger:
 
     def seeds(self) -> list[int]:
         return confirm_seeds(self.spec, self.budget)
+
+    def confirm_accuracies(self, candidate: str) -> dict[int, float]:
+        """{seed: test accuracy} of the finished confirm runs with the current best hyperparameters."""
+        best = self.best_params(candidate)
+        if best is None:
+            return {}
+        key, conf = claims.confirm_key(best), self.study(candidate, "confirm")
+        done = conf.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return {int(t.user_attrs["seed"]): float(t.value) for t in done if t.user_attrs.get("params_key") == key}
 
     def held_by(self) -> set[str]:
         """Workers holding a running or queued trial in any study this process has opened."""

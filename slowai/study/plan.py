@@ -31,6 +31,8 @@ GPU_PRESETS = (
     Budget(trials=12, tune_epochs=3, tune_subset=20_000, seeds=3, confirm_epochs=5, confirm_subset=None),
 )
 QUICK = Budget(trials=2, tune_epochs=1, tune_subset=512, seeds=2, confirm_epochs=1, confirm_subset=512, bs=64)
+MAX_SEEDS = 10  # default last look of a sequential study (--max-seeds)
+RESERVE_ROUNDS = 2  # a sequential study's preset leaves time for this many rounds beyond its first look
 RUN_OVERHEAD_S = 2.5  # per trial: model build, W&B run start/finish, storage writes (measured on the 2-core CPU)
 PRUNED_FRACTION = 0.75  # a pruned tune trial stops early; with median pruning about a third of them do
 
@@ -136,12 +138,23 @@ def estimate(
     return est
 
 
-def choose_budget(presets: tuple[Budget, ...], fits: Any, target_s: float) -> tuple[Budget, bool]:
-    """The first preset whose estimated seconds (`fits(budget)`) is within `target_s`; else the smallest one."""
-    for b in presets:
-        if fits(b) <= target_s:
-            return b, True
-    return presets[-1], False
+def choose_budget(
+    presets: tuple[Budget, ...], seconds: Callable[[Budget], float], target_s: float, max_seeds: int | None = None
+) -> tuple[Budget, bool]:
+    """The first preset whose estimated seconds fit `target_s` (else the smallest one), then its sequential seeds.
+
+    With `max_seeds` above a preset's seeds the study is sequential: the preset must leave room for
+    `RESERVE_ROUNDS` extra rounds, and its last look is the most seeds (≤ max_seeds) whose full run still fits."""
+    cap = max_seeds or 0
+
+    def with_rounds(b: Budget) -> float:
+        return seconds(b.with_(seeds=max(b.seeds, min(b.seeds + RESERVE_ROUNDS, cap))))
+
+    chosen, fits = next(((b, True) for b in presets if with_rounds(b) <= target_s), (presets[-1], False))
+    last = chosen.seeds
+    while last < cap and seconds(chosen.with_(seeds=last + 1)) <= target_s:
+        last += 1
+    return (chosen.with_(max_seeds=last) if last > chosen.seeds else chosen), fits
 
 
 def fmt_seconds(s: float) -> str:
@@ -167,6 +180,18 @@ class Plan:
     storage: str
     accel: dict[str, list[str]] = field(default_factory=dict)
 
+    def _seeds(self) -> str:
+        b = self.budget
+        if b.last_seeds == b.seeds:
+            return f"{b.seeds} seeds"
+        return f"{b.seeds}–{b.last_seeds} seeds (sequential: a round at a time while a comparison is undecided)"
+
+    def _verdicts(self, spec: StudySpec) -> str:
+        return (
+            f"paired seeds, Holm across {max(len(spec.candidates) - 1, 1)} comparison(s) at α = 0.05, "
+            f"equivalence within ±{100 * spec.margin:.2g} points"
+        )
+
     def describe(self, spec: StudySpec) -> str:
         b, s, n = self.budget, self.sizes, len(spec.candidates)
         threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
@@ -178,8 +203,9 @@ class Plan:
             f"({self.device.type}{threads}); reference: {spec.reference}",
             f"  tune:    {n} candidates × {b.trials} trials × {b.tune_epochs} epochs × {s.tune_train:,} train / "
             f"{s.tune_valid:,} valid images, TPE + {spec.pruner} pruning",
-            f"  confirm: {n} candidates × {b.seeds} seeds × {b.confirm_epochs} epochs × {s.confirm_train:,} train / "
+            f"  confirm: {n} candidates × {self._seeds()} × {b.confirm_epochs} epochs × {s.confirm_train:,} train / "
             f"{s.confirm_valid:,} valid, then {s.confirm_test:,} test images",
+            f"  verdicts: {self._verdicts(spec)}",
         ]
         if speed:
             lines.append(f"  measured train throughput (img/s, eager): {speed}")
@@ -192,6 +218,12 @@ class Plan:
             f"confirm {fmt_seconds(sum(self.estimate.confirm.values()))})",
             f"  storage: {self.storage}",
         ]
+        if b.last_seeds > b.seeds:
+            per_round = sum(
+                self.estimate.per_trial("confirm", c, b.seeds - self.done[c][1]) for c in self.estimate.confirm
+            )
+            worst = self.estimate.total + (b.last_seeds - b.seeds) * per_round
+            lines.insert(-1, f"  up to {fmt_seconds(worst)} if every round runs ({fmt_seconds(per_round)} a round)")
         if self.target_s is not None and not self.fits:
             lines.append(f"  note: even the smallest preset exceeds the {fmt_seconds(self.target_s)} target here")
         return "\n".join(lines)

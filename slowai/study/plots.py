@@ -1,57 +1,126 @@
-"""The report's plots: accuracy vs cost, learning curves, and Optuna's history and importance plots."""
+"""The report's plots: accuracy vs cost, learning curves, per-epoch effects, expected best accuracy vs tuning budget,
+and Optuna's history and importance plots."""
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from slowai.study.results import StudyResult
 from slowai.utils import slug
 
+# fANOVA fits a random forest to (hyperparameters -> valid accuracy) of the completed trials; with only a few points
+# per hyperparameter the importances are noise that reads like a finding (and they change with the forest's seed).
+MIN_IMPORTANCE_TRIALS = 8
+TARGET = "valid accuracy"
 
-def make_plots(res: StudyResult, out: Path) -> list[Path]:
-    """Accuracy vs cost, learning curves, and Optuna's history/importance plots; a plot that cannot be drawn
-    (e.g. importances from one trial) is skipped rather than failing the report."""
+
+def make_plots(res: StudyResult, out: Path) -> tuple[list[Path], list[str]]:
+    """Every plot the report embeds, plus notes on plots skipped for lack of data, so the report says why a plot is
+    missing instead of failing or showing a meaningless one."""
+    plt = _pyplot()
+    figs: dict[str, Callable[[], Any]] = {
+        "cost": lambda: _plot_cost(res, plt),
+        "curves": lambda: _plot_curves(res, plt),
+        "epoch_effects": lambda: plot_epoch_effects(res.epoch_effects, plt),
+        "expected_max": lambda: plot_expected_max(res.expected_max, plt),
+    }
+    paths = [_save(fig, out / f"{name}.png", plt) for name, draw in figs.items() if (fig := draw()) is not None]
+    studies = _tune_studies(res)
+    with warnings.catch_warnings(), plt.rc_context():  # optuna's plots are experimental and switch to ggplot style
+        warnings.simplefilter("ignore")
+        notes = []
+        try:
+            if (ax := _plot_history(studies)) is not None:
+                paths.append(_save(ax.figure, out / "optuna_history.png", plt))
+        except Exception as e:  # noqa: BLE001 - a missing plot should not cost the report
+            notes.append(f"tuning history skipped: {type(e).__name__}: {e}")
+        for c in res.candidates:
+            ax, note = _plot_importance(c.name, studies.get(c.name))
+            if ax is not None:
+                paths.append(_save(ax.figure, out / f"optuna_importance_{slug(c.name)}.png", plt))
+            notes += [note] if note else []
+            plt.close("all")
+    return paths, notes
+
+
+def _pyplot() -> Any:
+    """pyplot on the Agg backend: reports are written by workers without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    for fn in (_plot_cost, _plot_curves):
-        fig = fn(res, plt)
-        if fig is not None:
-            paths.append(_save(fig, out / f"{fn.__name__.removeprefix('_plot_')}.png", plt))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for c in res.candidates:
-            for kind in ("history", "importance"):
-                try:
-                    study = res.optuna_study(c.name, "tune")
-                    vis = optuna.visualization.matplotlib
-                    fn = vis.plot_optimization_history if kind == "history" else vis.plot_param_importances
-                    ax = fn(study)
-                    ax.set_title(f"{c.name}: {ax.get_title()}")
-                    paths.append(_save(ax.figure, out / f"optuna_{kind}_{slug(c.name)}.png", plt))
-                except Exception:  # noqa: BLE001 - too few trials for this plot
-                    plt.close("all")
-    return paths
+    return plt
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight" keeps legends placed outside the axes
     plt.close(fig)
     return path
 
 
-def _plot_cost(res: StudyResult, plt: Any) -> Any:
+def _tune_studies(res: StudyResult) -> dict[str, optuna.Study]:
+    """Candidate -> its tune study, for the candidates that have one yet."""
+    out = {}
+    for c in res.candidates:
+        try:
+            out[c.name] = res.optuna_study(c.name, "tune")
+        except KeyError:  # not created yet
+            continue
+    return out
+
+
+def _plain_formatter() -> Any:
+    """Plain numbers ("1.4", "200,000", not "2 × 10^2") with just enough decimals to tell the ticks apart."""
     from matplotlib import ticker
 
+    class Plain(ticker.Formatter):
+        digits = 0
+
+        def set_locs(self, locs: Sequence[float]) -> None:
+            lo, hi = sorted(self.axis.get_view_interval()) if self.axis is not None else (-math.inf, math.inf)
+            self.digits = _decimals([x for x in locs if lo <= x <= hi] or locs)  # ticks drawn, not the ones past
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:,.{self.digits}f}"
+
+    return Plain()
+
+
+def _decimals(locs: Sequence[float]) -> int:
+    """Fewest decimals that keep the ticks distinct and no nonzero tick reading "0" (1.2/1.4/1.6 -> 1, not "1 1 1")."""
+    vals = [float(v) for v in locs if v and math.isfinite(v)]
+    for d in range(7):
+        s = [f"{v:.{d}f}" for v in vals]
+        if len(set(s)) == len(s) and all(float(x) != 0 for x in s):
+            return d
+    return 6
+
+
+def _set_x_scale(ax: Any, xs: Sequence[float]) -> None:
+    """Log x only when the values span 10× or more; a log axis over a narrow range has no readable ticks."""
+    from matplotlib import ticker
+
+    pos = [x for x in xs if math.isfinite(x) and x > 0]
+    if pos and max(pos) / min(pos) >= 10:
+        ax.set_xscale("log")
+        if max(pos) / min(pos) < 100:  # one or two decades: label 1-2-5 steps, else one label or none
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5))  # room for labels such as "192,500"
+    ax.xaxis.set_major_formatter(_plain_formatter())
+
+
+def _plot_cost(res: StudyResult, plt: Any) -> Any:
     done = [c for c in res.candidates if c.acc is not None]
     if not done:
         return None
@@ -63,10 +132,8 @@ def _plot_cost(res: StudyResult, plt: Any) -> Any:
             err = 0 if math.isnan(c.acc.half_width) else 100 * c.acc.half_width
             ax.errorbar(x, 100 * c.acc.mean, yerr=err, fmt="o", capsize=4, label=c.name)
             ax.annotate(c.name, (x, 100 * c.acc.mean), textcoords="offset points", xytext=(6, 6))
-        ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy % (95% CI)")
-        plain = ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")  # "200", not "2 × 10^2"
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain if max(xs) / min(xs) < 10 else ticker.NullFormatter())
+        ax.set(xlabel=xlabel, ylabel="test accuracy % (95% CI)")
+        _set_x_scale(ax, xs)
         ax.grid(alpha=0.3)
     axes[0].set_title("accuracy vs size")
     axes[1].set_title("accuracy vs time")
@@ -94,3 +161,94 @@ def _plot_curves(res: StudyResult, plt: Any) -> Any:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     return fig
+
+
+def plot_epoch_effects(effects: Mapping[str, Sequence[Mapping[str, float]]], plt: Any) -> Any:
+    """Paired Δ valid accuracy per epoch with its CI band: shows whether a difference is there from the start or
+    only appears (or vanishes) late in training. None when there is nothing to compare."""
+    from matplotlib import ticker
+
+    if not any(effects.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, rows in effects.items():
+        x = [int(r["epoch"]) for r in rows]
+        (line,) = ax.plot(x, [100 * r["delta"] for r in rows], "o-", label=label)
+        lo, hi = [100 * _nan(r.get("lo")) for r in rows], [100 * _nan(r.get("hi")) for r in rows]
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(xlabel="epoch", ylabel="Δ valid accuracy (points)", title="paired difference per epoch (95% CI)")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def plot_expected_max(curves: Mapping[str, Sequence[float]], plt: Any) -> Any:
+    """Expected best valid accuracy after k tuning trials: compares candidates at equal tuning budget, so one that
+    only won because it got more trials shows it. None when there are no curves."""
+    from matplotlib import ticker
+
+    if not any(curves.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), [100 * y for y in ys], "o-", markersize=3, label=name)
+    ax.set(
+        xlabel="tuning trials k",
+        ylabel="expected best valid accuracy %",
+        title="expected best validation accuracy vs tuning budget (Dodge et al. 2019)",
+    )
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _plot_history(studies: Mapping[str, optuna.Study]) -> Any:
+    """One optimization-history plot for all candidates (comparable on one y axis), legend by candidate name."""
+    from matplotlib import ticker
+
+    if not studies:
+        return None
+    vis = optuna.visualization.matplotlib
+    ax = vis.plot_optimization_history(list(studies.values()), target_name=TARGET)
+    names = {s.study_name: s.user_attrs.get("candidate", c) for c, s in studies.items()}
+    for artist in [*ax.collections, *ax.lines]:
+        if not artist.get_label().startswith("_"):  # matplotlib's unlabelled artists
+            artist.set_label(_candidate_label(artist.get_label(), names))
+    ax.legend(bbox_to_anchor=(1.02, 1.0), loc="upper left", fontsize=8)
+    ax.set_title("tuning history")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # trial numbers
+    ax.figure.set_size_inches(8, 4.5)
+    return ax
+
+
+def _candidate_label(label: str, names: Mapping[str, str]) -> str:
+    """Optuna's "Best Value of <study>/<cand>/tune" -> "<cand>: best so far" (one study: its labels name none)."""
+    cand = next((c for s, c in names.items() if label.endswith(f" of {s}")), None)
+    if cand is None and len(names) == 1:
+        cand = next(iter(names.values()))
+    if cand is None:
+        return label
+    return f"{cand}: {'best so far' if label.startswith('Best') else 'trials'}"
+
+
+def _plot_importance(name: str, study: optuna.Study | None) -> tuple[Any, str | None]:
+    """fANOVA importances (seeded, so a report is reproducible), or a note saying why there are none."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study is not None else []
+    if (n := len(trials)) < MIN_IMPORTANCE_TRIALS:
+        return None, f"parameter importance skipped for {name}: {n} completed trials (< {MIN_IMPORTANCE_TRIALS})"
+    vis = optuna.visualization.matplotlib
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        ax = vis.plot_param_importances(study, evaluator=evaluator, target_name=TARGET)
+    except Exception as e:  # noqa: BLE001 - e.g. no hyperparameter varied: a note, not a failed report
+        return None, f"parameter importance skipped for {name}: {type(e).__name__}: {e}"
+    ax.set_title("", loc="left")  # optuna's own title sits at the left, where it collided with ours
+    ax.set_title(f"{name}\nhyperparameter importance (fANOVA, {n} trials)")
+    return ax, None

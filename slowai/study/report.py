@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-
-from optuna.trial import FrozenTrial
+from typing import Any
 
 from slowai.study import storage as st
+from slowai.study import tables
+from slowai.study.analysis import test_error
 from slowai.study.plots import make_plots
 from slowai.study.results import CandidateResult, StudyResult, collect
 from slowai.study.spec import Candidate
@@ -20,97 +20,133 @@ from slowai.summary import Summary, summarize
 __all__ = ["CandidateResult", "StudyResult", "collect", "markdown_table", "text_table", "write_report"]
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
-
-
-def _signed(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{100 * x:+.2f}"
-
-
-def _hp(best: FrozenTrial | None) -> str:
-    if best is None:
-        return "n/a"
-    hp = best.user_attrs.get("hyperparams") or best.params  # what trained, fixed values of the space included
-    return ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items())
-
-
-HEADERS = [
-    "candidate",
-    "n",
-    "valid acc %",
-    "test acc % (95% CI)",
-    "Δ vs ref (95% CI)",
-    "p",
-    "params",
-    "MFLOPs",
-    "s/epoch",
-    "best hp",
-]
-PUBLISHED = "published valid / test %"
-
-
-def _has_published(res: StudyResult) -> bool:
-    return any(c.published for c in res.candidates)
-
-
-def headers(res: StudyResult) -> list[str]:
-    """HEADERS, plus the published numbers' column when any candidate has them."""
-    return HEADERS + [PUBLISHED] if _has_published(res) else HEADERS
-
-
-def _published(p: Mapping[str, float] | None) -> str:
-    return "" if not p else f"{_pct(p.get('valid', math.nan))} / {_pct(p.get('test', math.nan))}"
-
-
-def table_rows(res: StudyResult) -> list[list[str]]:
-    """The comparison table as strings, one row per candidate (reference first)."""
-    extra = _has_published(res)
-    order = sorted(res.candidates, key=lambda c: c.name != res.reference)
-    rows = []
-    for c in order:
-        if c.acc is None:
-            acc = "not confirmed yet"
-        elif c.acc.n < 2:
-            acc = _pct(c.acc.mean)
-        else:
-            acc = f"{_pct(c.acc.mean)} ± {100 * c.acc.half_width:.2f}"
-        if c.name == res.reference:
-            delta, p = "reference", ""
-        elif c.diff is None:
-            delta, p = "n/a", ""
-        else:
-            ci = "" if math.isnan(c.diff.lo) else f" [{_signed(c.diff.lo)}, {_signed(c.diff.hi)}]"
-            delta, p = f"{_signed(c.diff.delta)}{ci}", "n/a" if math.isnan(c.diff.p) else f"{c.diff.p:.3g}"
-        spe = "n/a" if math.isnan(c.seconds_per_epoch) else f"{c.seconds_per_epoch:.1f}"
-        row = [c.name, str(len(c.runs)), _pct(c.valid_acc), acc, delta, p, f"{c.params:,}", f"{c.mflops:.1f}", spe]
-        rows.append(row + [_hp(c.best)] + [_published(c.published)] * extra)
-    return rows
-
-
 def markdown_table(res: StudyResult) -> str:
-    hs = headers(res)
-    align = ["---" if h in ("candidate", "best hp") else "---:" for h in hs]
-    lines = ["| " + " | ".join(hs) + " |", "| " + " | ".join(align) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table_rows(res)])
+    """The comparison table (with verdicts) as markdown."""
+    return tables.markdown(tables.comparison(res))
 
 
 def text_table(res: StudyResult) -> str:
-    """The same table aligned for a terminal."""
-    rows = [headers(res), *table_rows(res)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    """What the terminal shows at the end: the comparison, then the ablation or factorial tables when there are."""
+    parts = [tables.text(tables.comparison(res))]
+    if res.effects:
+        parts.append(tables.text(tables.effects(res)))
+    elif _is_ablation(res):
+        parts.append(tables.text(tables.ablation(res)))
+    return "\n\n".join(parts + tables.notes(res)[:1])
+
+
+def _is_ablation(res: StudyResult) -> bool:
+    return bool(res.levels)
+
+
+def _answer(res: StudyResult) -> list[str]:
+    """The sections that answer the question: ablation/factorial tables, curve effects, notes."""
+    parts = []
+    if res.effects:
+        parts += [
+            "## Factorial effects",
+            tables.markdown(tables.effects(res)),
+            "Main effect: mean test accuracy at a factor's second level minus at its first, averaged over the other "
+            "factors; interaction: the difference of differences. Paired over seeds; Holm across effects (a family "
+            "of its own) at α = 0.05.",
+        ]
+    elif _is_ablation(res):
+        parts += ["## Ablation", tables.markdown(tables.ablation(res))]
+    if res.epoch_effects:
+        parts += [
+            "## Over the learning curve",
+            tables.markdown(tables.curve(res)),
+            "Paired Δ validation accuracy (points) at each epoch of the confirm runs and of the curve's area (its "
+            "mean); ▲/▼ where significant with Holm across this table (a family separate from the final verdicts).",
+        ]
+    return parts + ["## How to read the verdicts", READING, *[f"- {n}" for n in tables.notes(res)]]
+
+
+READING = (
+    "Each comparison is candidate − reference on test accuracy, paired by seed (seed s gives every candidate the "
+    "same batches and augmentations). **better/worse**: the difference test rejects Δ = 0; **equivalent**: Δ is "
+    "shown to lie within ±margin (two one-sided tests); **inconclusive**: neither, and effects smaller than the "
+    "stated size would go unseen at that many seeds (80% power). adj. p is Holm-adjusted across comparisons and "
+    "(for sequential seeds) across looks, so it is compared with 0.05 directly. ± test set is the binomial "
+    "sampling error of one run's accuracy on a test set that size, which no number of seeds removes."
+)
 
 
 # ------------------------------------------------------------------------------------------- files
+def verdicts(res: StudyResult) -> dict[str, Any]:
+    """verdicts.json: the design, every comparison's verdict, effects over the curve and factorial effects."""
+    comparisons = [
+        {
+            "candidate": c.name,
+            "reference": res.reference,
+            "verdict": c.verdict.verdict,
+            "delta": c.diff.delta,
+            "ci": [c.diff.lo, c.diff.hi],
+            "method": c.diff.method,
+            "pairs": c.diff.n,
+            "p_adj": c.verdict.p_adj,
+            "p_equiv_adj": c.verdict.p_equiv_adj,
+            "decided_at_seeds": c.verdict.n,
+            "alpha_look": c.verdict.alpha_look,
+            "margin": c.verdict.margin,
+            "mde": c.verdict.mde,
+            "unpaired_ci": [c.welch.lo, c.welch.hi] if c.welch else None,
+            "test_set_error": test_error(c),
+            "diverged_seeds": [t.user_attrs.get("seed") for t in c.diverged],
+        }
+        for c in res.candidates
+        if c.verdict is not None
+    ]
+    effects = [
+        {
+            "effect": e.name,
+            "levels": e.levels,
+            "estimate": e.diff.delta,
+            "ci": [e.diff.lo, e.diff.hi],
+            "p_adj": e.p_adj,
+            "verdict": e.verdict,
+        }
+        for e in res.effects
+    ]
+    design = res.design.describe() if res.design is not None else None
+    return {"design": design, "comparisons": comparisons, "effects": effects, "epoch_effects": res.epoch_effects}
+
+
 def write_rows(res: StudyResult, out: Path) -> None:
-    rows = res.rows
+    """results.csv/json: one row per confirm run, with its candidate's verdict; verdicts.json: the analysis."""
+    by_name = {c.name: c for c in res.candidates}
+    rows = [{**r, **_verdict_fields(by_name[r["candidate"]])} for r in res.rows]
     keys = list(dict.fromkeys(k for r in rows for k in r)) or ["candidate"]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
     (out / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+    (out / "verdicts.json").write_text(json.dumps(verdicts(res), indent=2, default=str))
+
+
+def _verdict_fields(c: CandidateResult) -> dict[str, Any]:
+    v = c.verdict
+    if v is None:
+        return {}
+    return {"verdict": v.verdict, "delta_vs_ref": c.diff.delta, "p_adj": v.p_adj, "margin": v.margin, "mde": v.mde}
+
+
+def log_wandb(tracker: Any, res: StudyResult) -> None:
+    """One W&B run per report: the comparison (and ablation/effects) tables and each verdict in its summary."""
+    if not tracker.enabled:
+        return
+    design = res.design.describe() if res.design is not None else {}
+    run = tracker.start(f"{res.name}-verdicts", "summary", [res.dataset, "verdicts"], {"design": design})
+    run.table("comparison", *tables.comparison(res))
+    if res.effects:
+        run.table("factorial_effects", *tables.effects(res))
+    elif res.levels:
+        run.table("ablation", *tables.ablation(res))
+    if res.epoch_effects:
+        run.table("curve_effects", *tables.curve(res))
+    run.summary({f"verdict/{c['candidate']}": c["verdict"] for c in verdicts(res)["comparisons"]})
+    run.finish(0)
 
 
 def model_summaries(res: StudyResult, candidates: list[Candidate]) -> dict[str, Summary]:
@@ -139,7 +175,7 @@ def write_report(
     """report.md + results.csv/json + plots in `out`; returns the report path."""
     out.mkdir(parents=True, exist_ok=True)
     write_rows(res, out)
-    plots = make_plots(res, out)
+    plots, plot_notes = make_plots(res, out)
     summaries = model_summaries(res, candidates)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
@@ -148,20 +184,22 @@ def write_report(
         "## Comparison",
         markdown_table(res),
         "Test accuracy in %, mean ± half-width of the 95% t-interval over seeds (n); valid acc is the mean best "
-        "validation accuracy of the same runs. Δ is candidate minus reference in accuracy points with its Welch 95% "
-        "CI; p is Welch's two-sided t-test. MFLOPs are per sample (forward), s/epoch is the mean training-epoch time "
-        "of the confirm runs. Best hp: the tuned hyperparameters retrained.",
+        "validation accuracy of the same runs. Δ is candidate minus reference in accuracy points with its 95% CI "
+        "(paired by seed). MFLOPs are per sample (forward), s/epoch is the mean training-epoch time of the confirm "
+        "runs. E[best valid]: expected best validation accuracy after 1 and after all N tuning trials. Best hp: "
+        "the tuned hyperparameters retrained.",
+        *_answer(res),
         "## Data",
         _data_text(res),
         "## Tuning",
         "\n".join(
-            f"- `{c.name}`: {_counts(c)}; best valid acc {_pct(c.best.value if c.best else math.nan)} %"
+            f"- `{c.name}`: {_counts(c)}; best valid acc {tables.pct(c.best.value if c.best else math.nan)} %"
             for c in res.candidates
         ),
     ]
     if plan_text:
         parts += ["## Plan", f"```\n{plan_text}\n```"]
-    parts += ["## Plots", *(f"![{p.stem}]({p.name})" for p in plots)]
+    parts += ["## Plots", *(f"![{p.stem}]({p.name})" for p in plots), *plot_notes]
     parts += ["## Model summaries", *(f"### {k}\n\n{s.to_markdown()}" for k, s in summaries.items())]
     parts += [
         "## Trained models",
@@ -189,9 +227,9 @@ def _data_text(res: StudyResult) -> str:
     if res.data_source is None:
         return f"{res.dataset}; source not recorded (trials from an older slowai)."
     text = f"{res.dataset} read from `{res.data_source}`" + (f": {res.data_note}." if res.data_note else ".")
-    if _has_published(res):
+    if any(c.published for c in res.candidates):
         gaps = [
-            f"`{c.name}` {_signed(c.acc.mean - c.published['test'])}"
+            f"`{c.name}` {tables.signed(c.acc.mean - c.published['test'])}"
             for c in res.candidates
             if c.acc is not None and c.published and "test" in c.published
         ]

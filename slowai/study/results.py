@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from slowai.study import claims
 from slowai.study import storage as st
 from slowai.study.stats import DiffCI, MeanCI, mean_ci, welch_diff
+from slowai.study.verdicts import Effect, Verdict
 
 
 @dataclass
@@ -34,6 +35,22 @@ class CandidateResult:
     seconds_per_epoch: float = math.nan
     wall_s: float = math.nan
     published: Mapping[str, float] | None = None
+    tune_values: list[float] = field(default_factory=list)  # validation accuracy of each completed tune trial
+    verdict: Verdict | None = None  # vs the reference (see slowai.study.verdicts)
+    welch: DiffCI | None = None  # the same runs compared unpaired: how much pairing narrowed the interval
+
+    @property
+    def by_seed(self) -> dict[int, float]:
+        return {int(t.user_attrs["seed"]): float(t.user_attrs["test_accuracy"]) for t in self.runs}
+
+    @property
+    def diverged(self) -> list[FrozenTrial]:
+        """Confirm runs stopped by a non-finite loss: counted at their test accuracy, and named in the report."""
+        return [t for t in self.runs if t.user_attrs.get("outcome") == "diverged"]
+
+    @property
+    def test_size(self) -> int | None:
+        return next((t.user_attrs.get("test_size") for t in self.runs if t.user_attrs.get("test_size")), None)
 
     @property
     def finished_tune(self) -> int:
@@ -61,6 +78,13 @@ class StudyResult:
     storage: Any = field(repr=False, default=None)
     data_source: str | None = None
     data_note: str = ""
+    # comparison name ("residual − plain") -> per-epoch paired Δ valid accuracy: [{"epoch", "delta", "lo", "hi"}]
+    epoch_effects: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    # candidate -> expected best validation accuracy after k = 1..N tuning trials (Dodge et al. 2019)
+    expected_max: dict[str, list[float]] = field(default_factory=dict)
+    design: Any = None  # slowai.study.analysis.Design: seeds, looks and margin the verdicts used
+    effects: list[Effect] = field(default_factory=list)  # factorial main effects and interactions
+    levels: dict[str, dict[str, str]] = field(default_factory=dict)  # ablation candidates' factor levels
 
     def optuna_study(self, candidate: str, stage: str = "tune") -> optuna.Study:
         """The underlying Optuna study, e.g. for `.trials_dataframe()` or optuna.visualization."""
@@ -134,6 +158,7 @@ def collect(
             s.name.lower(): sum(t.state == s for t in tune) for s in TrialState if any(t.state == s for t in tune)
         }
         r = CandidateResult(cand, runs, best, counts, published=(published or {}).get(cand))
+        r.tune_values = [float(t.value) for t in complete if t.value is not None]
         seen += runs or complete
         if runs:
             r.acc = mean_ci(r.accs)
@@ -142,7 +167,7 @@ def collect(
             r.wall_s = _mean([t.user_attrs.get("wall_time_s") for t in runs])
         out.append(r)
     ref = next((c for c in out if c.name == reference), None)
-    for c in out:
+    for c in out:  # a first answer; slowai.study.analysis.analyze replaces it with the paired verdicts
         if ref is not None and ref.runs and c.runs and c.name != reference:
             c.diff = welch_diff(c.accs, ref.accs)
     return StudyResult(name, dataset, reference, url, out, storage, *_data_source(seen))

@@ -31,6 +31,7 @@ def fingerprint(
         "space": describe_space(draws if draws is not None else dry_draws(spec.space_of(cand), spec.seed)),
         "pruner": spec.pruner,
         "seed": spec.seed,
+        "margin": spec.margin,  # the sequential stopping rule uses it: fixed before the first look
     }
 
 

@@ -21,6 +21,7 @@ from slowai.core import Callback
 from slowai.study import launch, report, resume, speed
 from slowai.study import plan as planning
 from slowai.study import storage as st
+from slowai.study.analysis import analyze, design_of
 from slowai.study.data import StudyData
 from slowai.study.knobs import check_config, dry_draws, route
 from slowai.study.ledger import Ledger, done_counts
@@ -118,7 +119,8 @@ class Runner:
         def seconds(b: Budget) -> float:
             return planning.estimate(b, planning.sizes_for(b, self.data.sizes), throughput, self.spec.pruner).total
 
-        return planning.choose_budget(presets, seconds, target)
+        cap = self.overrides.get("max_seeds", planning.MAX_SEEDS)
+        return planning.choose_budget(presets, seconds, target, cap)
 
     def _draws(self, cand: Any) -> list[optuna.Trial]:
         try:
@@ -188,18 +190,22 @@ class Runner:
             raise StudyError(f"{len(left)} jobs unfinished ({bad}); rerun the same command to resume")
 
     # ------------------------------------------------------------------------------------ results
-    def collect(self) -> StudyResult:
-        """Everything finished so far, from the storage."""
+    def collect(self, budget: Budget | None = None) -> StudyResult:
+        """Everything finished so far, from the storage, with its verdicts (see `slowai.study.analysis`)."""
         names = [c.name for c in self.spec.candidates]
         published = {c.name: c.published for c in self.spec.candidates if c.published}
         storage = self.storage or optuna.storages.InMemoryStorage()
-        return report.collect(
+        res = report.collect(
             storage, self.spec.name, names, self.spec.reference, self.spec.dataset_name, self.shown_url, published
         )
+        budget = budget or (self.plan.budget if self.plan else Budget())
+        return analyze(res, design_of(self.spec, budget), self.spec.candidates)
 
-    def write_results(self, plan_text: str) -> StudyResult:
-        """report.md, results.csv/json and plots from the storage; prints the comparison table."""
-        res = self.collect()
+    def write_results(self, plan_text: str, budget: Budget | None = None) -> StudyResult:
+        """report.md, results.csv/json and plots from the storage; prints the comparison table; one W&B summary
+        run holding the verdict table."""
+        res = self.collect(budget)
+        report.log_wandb(Tracker(self.spec.wandb, self.spec.wandb_project, self.spec.name, self.out), res)
         sync = f"wandb sync {self.out / 'wandb'}/offline-run-*" if offline_runs(self.out / "wandb") else None
         project = self.spec.wandb_project if resolve_mode(self.spec.wandb) != "disabled" else None
         path = report.write_report(res, self.out, self.spec.candidates, plan_text, sync, project)
@@ -217,7 +223,8 @@ class Runner:
         if not any(c.finished_tune for c in self.collect().candidates):
             raise StudyError(f"nothing to report: study {self.spec.name!r} has no finished trials in {self.shown_url}")
         budget = resume.stored_budget(resume.stored_attrs(self.storage, self.spec))
-        return self.write_results(f"rebuilt from {self.shown_url} with --report-only; budget: {budget}")
+        text = f"rebuilt from {self.shown_url} with --report-only; budget: {budget}"
+        return self.write_results(text, Budget(**budget) if budget else None)
 
 
 def run_study(

@@ -21,11 +21,13 @@ from optuna.exceptions import UpdateFinishedTrialError
 
 from slowai.study import claims
 from slowai.study import plan as planning
+from slowai.study.analysis import design_of
 from slowai.study.data import StudyData
 from slowai.study.knobs import route
-from slowai.study.ledger import Ledger
+from slowai.study.ledger import Ledger, confirm_seeds
 from slowai.study.spec import Candidate, StudyError, StudySpec
 from slowai.study.trial import Outcome, TrialContext, TrialRunner, reason
+from slowai.study.verdicts import seeds_needed
 
 TUNE_SEED_BASE = 10_000
 POLL_S = 2.0  # how often an idle worker re-reads the storage while others finish their trials
@@ -145,18 +147,27 @@ class Scheduler:
         return jobs
 
     def pending(self) -> list[Job]:
-        """Work not finished by any worker, read from the storage: one tune job per candidate still tuning, else its
-        confirm seeds without a completed run."""
-        jobs = []
-        for c in self.spec.candidates:
-            if not claims.tune_done(self.ledger.study(c.name, "tune"), self.budget.trials):
-                jobs.append(Job("tune", c.name))
-                continue
-            best = self.ledger.best_params(c.name)
-            conf = self.ledger.study(c.name, "confirm")
-            done = claims.confirm_done(conf, claims.confirm_key(best)) if best is not None else set()
-            jobs += [Job("confirm", c.name, seed=s) for s in self.ledger.seeds() if s not in done]
+        """Work not finished by any worker, read from the storage: one tune job per candidate still tuning, else the
+        confirm seeds it still needs (the first look's, then one round at a time while its comparison is undecided)
+        without a completed run."""
+        tuning = [c.name for c in self.spec.candidates if not self._tuned(c.name)]
+        jobs = [Job("tune", name) for name in tuning]
+        accs = {c.name: self.ledger.confirm_accuracies(c.name) for c in self.spec.candidates if c.name not in tuning}
+        need = self._seeds_needed(accs) if not tuning else {}
+        for name, done in accs.items():
+            wanted = confirm_seeds(self.spec, self.budget, need.get(name, self.budget.seeds))
+            jobs += [Job("confirm", name, seed=s) for s in wanted if s not in done]
         return jobs
+
+    def _tuned(self, candidate: str) -> bool:
+        return claims.tune_done(self.ledger.study(candidate, "tune"), self.budget.trials)
+
+    def _seeds_needed(self, accs: dict[str, dict[int, float]]) -> dict[str, int]:
+        """Seeds per candidate by the sequential rule (`slowai.study.verdicts`); a fixed study needs `seeds`."""
+        b = self.budget
+        if b.last_seeds == b.seeds:
+            return {}
+        return seeds_needed(accs, self.spec.reference, design_of(self.spec, b))
 
     def run(self, bars: bool) -> None:
         """Do this worker's jobs (with a master bar, or one line per trial), then everything left in the study."""

@@ -61,6 +61,7 @@ class Candidate:
     recipe: str = "onecycle"
     space: SearchSpace | None = None
     published: Mapping[str, float] | None = None
+    levels: Mapping[str, str] | None = None  # factor -> level, for candidates made by an `Ablation`
 
     def __post_init__(self) -> None:
         from slowai.train import RECIPES
@@ -114,11 +115,18 @@ class Budget:
     confirm_epochs: int = 3
     confirm_subset: int | None = None
     bs: int = 512
+    max_seeds: int | None = None  # sequential: start with `seeds`, add rounds up to this while undecided
 
     def __post_init__(self) -> None:
         for name in ("trials", "tune_epochs", "seeds", "confirm_epochs", "bs"):
             if int(getattr(self, name)) < 1:
                 raise StudyError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        if self.max_seeds is not None and self.max_seeds < self.seeds:
+            raise StudyError(f"max seeds ({self.max_seeds}) must be >= seeds ({self.seeds})")
+        if self.max_seeds is not None and self.max_seeds > self.seeds < 2:
+            raise StudyError(
+                f"sequential seeds start with >= 2 seeds (the first look needs a spread), got {self.seeds}"
+            )
         for name in ("tune_subset", "confirm_subset"):
             v = getattr(self, name)
             if v is not None and v < 10:
@@ -127,8 +135,13 @@ class Budget:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed study must keep (more trials or seeds may be added, the rest must match)."""
         d = asdict(self)
-        del d["trials"], d["seeds"]
+        del d["trials"], d["seeds"], d["max_seeds"]
         return d
+
+    @property
+    def last_seeds(self) -> int:
+        """Seeds per candidate at the study's last look (= `seeds` unless sequential)."""
+        return self.max_seeds if self.max_seeds is not None else self.seeds
 
     def with_(self, **kw: Any) -> Budget:
         """A copy with the non-None values of `kw` replaced."""
@@ -162,6 +175,7 @@ class StudySpec:
     amp: bool = False
     channels_last: bool | None = None  # None: wherever it measurably pays (see slowai.accel)
     compile: bool | None = None  # None: when a run is long enough to amortize the compile
+    margin: float = 0.003  # equivalence margin, as an accuracy fraction (0.003 = ±0.3 points)
 
     def __post_init__(self) -> None:
         self.candidates = as_candidates(self.candidates)
@@ -196,6 +210,8 @@ class StudySpec:
             raise StudyError(f"reference {self.reference!r} is not a candidate ({', '.join(names)})")
         if self.device is not None:
             _check_device(self.device)
+        if not 0 <= self.margin < 1:
+            raise StudyError(f"margin must be an accuracy fraction in [0, 1), got {self.margin!r}")
 
     def _check_data_kwargs(self) -> None:
         from slowai.data import dataset_options

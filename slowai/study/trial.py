@@ -105,16 +105,18 @@ class TrialRunner:
     def train(self, ctx: TrialContext, run: TrackedRun, bar: Any) -> tuple[Outcome, torch.nn.Module]:
         """Seeded training of a fresh model; tune runs get pruning and the divergence stop."""
         cfg, dls, tune = ctx.config, ctx.dls, ctx.stage == "tune"
-        set_seed(ctx.seed)
+        set_seed(ctx.seed)  # the model's initialisation (and dropout) stream
         model = ctx.candidate.build(dls.input_shape[0], dls.n_classes, **cfg.model_kw)
+        dls.train.reseed(ctx.seed)  # paired seeds: every candidate sees this seed's batch order and augmentations
         accel = self.accel(ctx.candidate)
         if any(isinstance(cb, CompileCB) for cb in accel):
             model = self._reuse_compiled(ctx, model)
         metrics = MetricsCB()
         cbs: list[Callback] = [DeviceCB(dls.device), metrics, create_schedule(cfg.sched, **cfg.sched_kw), WandbCB(run)]
         cbs += accel
+        cbs.append(FiniteLossCB())  # a diverged confirm run stops too, and is reported as diverged with its reason
         if tune:
-            cbs += [FiniteLossCB(), PruningCB(ctx.trial)]
+            cbs.append(PruningCB(ctx.trial))
         if bar is not None:
             cbs.append(TrialBarCB(bar))
         cbs += [cb for make in self.spec.callbacks for cb in _as_list(make(ctx))]
@@ -127,7 +129,9 @@ class TrialRunner:
         except optuna.TrialPruned:
             state, why = "pruned", ctx.trial.user_attrs.get("stop_reason", "pruned")
         except NonFiniteLoss as e:
-            state, why = "pruned", str(e)
+            state, why = ("pruned" if tune else "diverged"), str(e)
+        finally:
+            dls.train.reseed(None)
         test = evaluate(model, dls.test) if not tune else None
         wall = time.perf_counter() - t0
         train_s = [r["seconds"] for r in metrics.train_history]
@@ -213,6 +217,7 @@ class TrialRunner:
         trial.set_user_attr("seconds_per_epoch", out.seconds_per_epoch)
         trial.set_user_attr("wall_time_s", out.wall_s)
         trial.set_user_attr("best_valid_accuracy", out.best_valid)
+        trial.set_user_attr("outcome", out.state)  # complete | pruned | diverged
         summary = {"best_valid_accuracy": out.best_valid, "wall_time_s": out.wall_s, "state": out.state}
         if out.reason:
             trial.set_user_attr("stop_reason", out.reason)

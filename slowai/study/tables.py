@@ -1,0 +1,184 @@
+"""The study's tables as rows of strings: the comparison with verdicts, the ablation table, factorial effects and
+the learning-curve effects; rendered as markdown (report.md) or aligned text (the terminal)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from optuna.trial import FrozenTrial
+
+from slowai.study.analysis import pairing_gain, test_error
+from slowai.study.results import CandidateResult, StudyResult
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+
+
+def signed(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:+.2f}"
+
+
+def _ci(lo: float, hi: float) -> str:
+    return "" if math.isnan(lo) else f" [{signed(lo)}, {signed(hi)}]"
+
+
+def _p(p: float) -> str:
+    return "n/a" if p is None or math.isnan(p) else f"{p:.3g}"
+
+
+def _hp(best: FrozenTrial | None) -> str:
+    if best is None:
+        return "n/a"
+    hp = best.user_attrs.get("hyperparams") or best.params  # what trained, fixed values of the space included
+    return ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items())
+
+
+def _published(p: Mapping[str, float] | None) -> str:
+    return "" if not p else f"{pct(p.get('valid', math.nan))} / {pct(p.get('test', math.nan))}"
+
+
+def _expected(res: StudyResult, name: str) -> str:
+    """E[best valid acc] after one trial → after all N (Dodge et al.): a lucky tuning run shows as a steep curve."""
+    curve = res.expected_max.get(name)
+    return f"{pct(curve[0])} → {pct(curve[-1])} (N={len(curve)})" if curve else "n/a"
+
+
+def verdict_text(c: CandidateResult) -> str:
+    """'better', 'equivalent (±0.30)', 'inconclusive: < 1.2 undetectable at n=3', '' for the reference."""
+    v = c.verdict
+    if v is None:
+        return ""
+    if v.verdict == "equivalent":
+        return f"equivalent (±{100 * v.margin:.2f})"
+    if v.verdict == "inconclusive":
+        if not v.mde < 1:  # NaN (no look yet) or above 100 points: too few seeds for any effect
+            return f"inconclusive: {v.n} seed{'s' * (v.n != 1)} too few for any effect"
+        return f"inconclusive: effects under {100 * v.mde:.2f} undetectable at n={v.n}"
+    return v.verdict
+
+
+def comparison(res: StudyResult) -> Table:
+    """One row per candidate (reference first): accuracy, Δ with its paired CI, verdict, adjusted p, cost."""
+    heads = ["candidate", "n", "valid acc %", "test acc % (95% CI)", "± test set", "Δ vs ref (95% CI)", "verdict"]
+    heads += ["adj. p", "params", "MFLOPs", "s/epoch", "E[best valid] 1→N trials", "best hp"]
+    published = any(c.published for c in res.candidates)
+    rows = []
+    for c in sorted(res.candidates, key=lambda c: c.name != res.reference):
+        if c.acc is None:
+            acc = "not confirmed yet"
+        else:
+            acc = pct(c.acc.mean) + ("" if c.acc.n < 2 else f" ± {100 * c.acc.half_width:.2f}")
+        delta, p = ("reference", "") if c.name == res.reference else ("n/a", "")
+        if c.name != res.reference and c.diff is not None:
+            delta = signed(c.diff.delta) + _ci(c.diff.lo, c.diff.hi)
+            p = _p(c.verdict.p_adj if c.verdict else c.diff.p)
+        spe = "n/a" if math.isnan(c.seconds_per_epoch) else f"{c.seconds_per_epoch:.1f}"
+        err = test_error(c)
+        row = [c.name, str(len(c.runs)), pct(c.valid_acc), acc, "n/a" if math.isnan(err) else f"{100 * err:.2f}"]
+        row += [delta, verdict_text(c), p, f"{c.params:,}", f"{c.mflops:.1f}", spe, _expected(res, c.name)]
+        rows.append(row + [_hp(c.best)] + [_published(c.published)] * published)
+    return heads + ["published valid / test %"] * published, rows
+
+
+def ablation(res: StudyResult) -> Table:
+    """The classic ablation table: what changed vs the base, Δ accuracy (CI), verdict and the cost deltas."""
+    ref = next((c for c in res.candidates if c.name == res.reference), None)
+    heads = ["changed vs " + res.reference, "Δ test acc (95% CI)", "verdict", "Δ params", "Δ MFLOPs", "Δ s/epoch"]
+    rows = []
+    for c in res.candidates:
+        if c.name == res.reference or ref is None:
+            continue
+        d = c.diff
+        delta = "not confirmed yet" if d is None else signed(d.delta) + _ci(d.lo, d.hi)
+        rows.append(
+            [
+                c.name,
+                delta,
+                verdict_text(c),
+                f"{c.params - ref.params:+,}" if c.runs and ref.runs else "n/a",
+                f"{c.mflops - ref.mflops:+.2f}" if c.runs and ref.runs else "n/a",
+                _delta_s(c.seconds_per_epoch, ref.seconds_per_epoch),
+            ]
+        )
+    return heads, rows
+
+
+def _delta_s(a: float, b: float) -> str:
+    return "n/a" if math.isnan(a) or math.isnan(b) else f"{a - b:+.1f}"
+
+
+def effects(res: StudyResult) -> Table:
+    """Factorial main effects and interactions (accuracy points) with 95% CIs and Holm-adjusted p."""
+    heads = ["effect", "levels", "estimate (95% CI)", "adj. p", "verdict"]
+    rows = [
+        [
+            e.name,
+            "; ".join(f"{f}: {a} → {b}" for f, (a, b) in zip(e.factors, e.levels)),
+            signed(e.diff.delta) + _ci(e.diff.lo, e.diff.hi),
+            _p(e.p_adj),
+            e.verdict,
+        ]
+        for e in res.effects
+    ]
+    return heads, rows
+
+
+def curve(res: StudyResult) -> Table:
+    """Paired Δ validation accuracy per epoch and of the curve's area, marked where Holm-significant."""
+    epochs = max((int(r["epoch"]) for rows in res.epoch_effects.values() for r in rows), default=0)
+    heads = ["comparison", *(f"epoch {e}" for e in range(1, epochs + 1)), "area (mean over epochs)"]
+    out = []
+    for name, rows in res.epoch_effects.items():
+        by_epoch = {int(r["epoch"]): r for r in rows}
+        cells = [_curve_cell(by_epoch.get(e)) for e in [*range(1, epochs + 1), 0]]
+        out.append([name, *cells])
+    return heads, out
+
+
+def _curve_cell(r: Mapping[str, float] | None) -> str:
+    if r is None:
+        return "n/a"
+    mark = {"better": " ▲", "worse": " ▼"}.get(str(r.get("verdict")), "")
+    return signed(r["delta"]) + _ci(r["lo"], r["hi"]) + mark
+
+
+def notes(res: StudyResult) -> list[str]:
+    """What the numbers can and cannot say: method, pairing gain, diverged runs, test-set error."""
+    d, out = res.design, []
+    if d is not None:
+        looks = f"sequential looks at {d.first}..{d.last} seeds" if d.sequential else f"one look at {d.first} seeds"
+        out.append(f"Verdicts: {d.method}; {looks}; α = {d.alpha}; margin ±{100 * d.margin:.2f} points.")
+    for c in res.candidates:
+        gain = pairing_gain(c)
+        if c.diff is not None and c.diff.method == "Welch" and c.name != res.reference:
+            out.append(f"`{c.name}`: fewer than 2 paired seeds with the reference, so Welch's unpaired test is used.")
+        elif not math.isnan(gain):
+            w = c.welch
+            out.append(
+                f"`{c.name}`: pairing seeds narrowed the 95% CI of Δ by {100 * gain:.0f}% "
+                f"(±{100 * c.diff.half_width:.2f} paired vs ±{100 * w.half_width:.2f} unpaired, same runs)."
+            )
+        for t in c.diverged:
+            out.append(
+                f"`{c.name}` seed {t.user_attrs.get('seed')} diverged ({t.user_attrs.get('stop_reason')}); it is "
+                f"counted at its test accuracy {pct(t.user_attrs.get('test_accuracy'))} %, not dropped."
+            )
+    return out
+
+
+def markdown(table: Table) -> str:
+    heads, rows = table
+    align = ["---" if i == 0 or h == "best hp" else "---:" for i, h in enumerate(heads)]
+    lines = ["| " + " | ".join(heads) + " |", "| " + " | ".join(align) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def text(table: Table) -> str:
+    """The same table aligned for a terminal."""
+    rows = [table[0], *table[1]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
