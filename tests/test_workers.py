@@ -90,7 +90,7 @@ def run_ids(out_dirs):
     """W&B offline run id → run directory of every trial's run (not the report's verdict run), over every worker's
     output dir (the id ends the directory name)."""
     dirs = [d for out in out_dirs for d in offline_runs(Path(out) / "wandb")]
-    return {d.name.rsplit("-", 1)[-1]: d for d in dirs if read_offline_run(d)["job_type"] != "summary"}
+    return {d.name.rsplit("-", 1)[-1]: d for d in dirs if read_offline_run(d).get("job_type") != "summary"}
 
 
 def assert_study_complete(storage, name, out_dirs, cands=CANDS, trials=2, seeds=(0, 1)):

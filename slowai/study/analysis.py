@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from slowai.study.ledger import confirm_seeds
 from slowai.study.results import CandidateResult, StudyResult
 from slowai.study.spec import Budget, Candidate, StudySpec
 from slowai.study.stats import binomial_half_width, expected_max, welch_diff
@@ -14,8 +15,6 @@ from slowai.study.verdicts import Design, curve_effects, decide, factorial_effec
 
 def design_of(spec: StudySpec, budget: Budget) -> Design:
     """The study's stopping rule: its confirm seeds up to the last look, its looks and margin."""
-    from slowai.study.ledger import confirm_seeds
-
     return Design(confirm_seeds(spec, budget, budget.last_seeds), budget.seeds, budget.last_seeds, spec.margin)
 
 

@@ -16,6 +16,20 @@ from typing import Any
 import optuna
 
 from slowai.data import DatasetNotFoundError, list_datasets
+from slowai.study.args import (
+    EXIT_USAGE,
+    Parser,
+    margin_arg,
+    minutes_arg,
+    nonempty,
+    nonnegative_int,
+    positive_int,
+    preflight,
+    seed_arg,
+    seeds_arg,
+    subset_arg,
+    wandb_project_arg,
+)
 from slowai.study.spec import (
     PRUNERS,
     WANDB_MODES,
@@ -28,35 +42,6 @@ from slowai.study.spec import (
 )
 from slowai.study.storage import Liveness
 
-EXIT_USAGE = 2
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (trials, seeds, epochs)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def seeds_arg(text: str) -> str | int:
-    """argparse type: 'auto' or a number of seeds >= 1 (one seed gives numbers but no verdict: no spread)."""
-    return text if text == "auto" else positive_int(text)
-
-
-def margin_arg(text: str) -> float:
-    """argparse type: an equivalence margin in accuracy points, 0 <= m < 100."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of accuracy points, got {text!r}") from None
-    if not 0 <= v < 100:
-        raise argparse.ArgumentTypeError(f"must be in [0, 100) accuracy points, got {v}")
-    return v
-
 
 def build_parser(
     name: str, candidates: Sequence[str | Candidate], description: str = "", dataset: str = "fashion_mnist"
@@ -64,7 +49,7 @@ def build_parser(
     """Every study's flags; defaults: all `candidates`, `dataset`, an automatic budget that fits the hour."""
     names = [c.name if isinstance(c, Candidate) else c for c in candidates]
     datasets = sorted({*list_datasets(), dataset})
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=f"python -m studies.{name}",
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -84,7 +69,11 @@ def build_parser(
         metavar="NAME",
         help=f"candidates to compare (default: {' '.join(names)}); any registry name or timm/<model> is accepted",
     )
-    a("--reference", help="candidate the others are compared against (default: plain if present, else the first)")
+    a(
+        "--reference",
+        type=nonempty,
+        help="candidate the others are compared against (default: plain if present, else the first)",
+    )
     a("--trials", type=positive_int, help="Optuna trials per candidate (default: from the automatic plan)")
     a("--epochs", type=positive_int, help="epochs per trial, in both stages (default: from the automatic plan)")
     a(
@@ -102,33 +91,39 @@ def build_parser(
         metavar="POINTS",
         help="equivalence margin in accuracy points: |Δ| within it counts as equivalent (default: %(default)s)",
     )
-    a("--subset", type=positive_int, help="training images used while tuning (default: from the plan)")
+    a("--subset", type=subset_arg, help="training images used while tuning (default: from the plan)")
     a("--pruner", choices=PRUNERS, default="median", help="early stopping of bad tune trials (default: %(default)s)")
     a(
         "--storage",
+        type=nonempty,
         help="Optuna storage: a journal file path or URL such as postgresql://... (default: <out>/optuna.journal)",
     )
-    a("--study-name", help=f"name of the (resumable) study (default: {name}-<dataset>[-quick])")
-    a("--out", help="output directory (default: runs/<study-name>)")
-    a("--data-root", help="directory holding the dataset (default: $SLOWAI_DATA, system locations, cache)")
-    a("--device", help="torch device (default: cuda if available, else cpu)")
+    a("--study-name", type=nonempty, help=f"name of the (resumable) study (default: {name}-<dataset>[-quick])")
+    a("--out", type=nonempty, help="output directory (default: runs/<study-name>)")
+    a(
+        "--data-root",
+        type=nonempty,
+        help="directory holding the dataset (default: $SLOWAI_DATA, system locations, cache)",
+    )
+    a("--device", type=nonempty, help="torch device (default: cuda if available, else cpu)")
     a(
         "--wandb",
         choices=WANDB_MODES,
         default="auto",
         help="W&B mode; auto honours WANDB_MODE, else online with credentials, else offline (default: %(default)s)",
     )
-    a("--wandb-project", default="slowai", help="W&B project (default: %(default)s)")
+    a("--wandb-project", type=wandb_project_arg, default="slowai", help="W&B project (default: %(default)s)")
     a(
         "--time-budget",
-        type=float,
+        type=minutes_arg,
         default=50.0,
         metavar="MIN",
         help="minutes the automatic plan aims for (default: %(default)s)",
     )
-    a("--seed", type=int, default=0, help="base seed of samplers and confirm runs (default: %(default)s)")
+    a("--seed", type=seed_arg, default=0, help="base seed of samplers and confirm runs (default: %(default)s)")
     a("--quick", action="store_true", help="smoke run: 512 images, 1 epoch, 2 trials, 2 seeds (a few minutes)")
-    a("--plan-only", action="store_true", help="print the plan and estimated time, then exit")
+    only = p.add_mutually_exclusive_group()  # plan without training vs report without planning: pick one
+    only.add_argument("--plan-only", action="store_true", help="print the plan and estimated time, then exit")
     a("--no-progress", action="store_true", help="no progress bars or per-trial lines")
     a("--amp", action="store_true", help="bf16 autocast for forward and loss (GPU; ignored on CPU)")
     flag = argparse.BooleanOptionalAction
@@ -141,7 +136,9 @@ def build_parser(
         metavar="N",
         help="local worker processes sharing the study (e.g. one per GPU); the report is built when all are done",
     )
-    a("--report-only", action="store_true", help="build report.md and results from the storage, without training")
+    only.add_argument(
+        "--report-only", action="store_true", help="build report.md and results from the storage, without training"
+    )
     a(
         "--heartbeat-interval",
         type=positive_int,
@@ -155,7 +152,7 @@ def build_parser(
         metavar="SEC",
         help="a running trial without heartbeat for this long is failed and retried (default: 2 x interval)",
     )
-    a("--worker-id", type=int, help=argparse.SUPPRESS)  # set by --workers on the processes it starts
+    a("--worker-id", type=nonnegative_int, help=argparse.SUPPRESS)  # set by --workers on the processes it starts
     return p
 
 
@@ -214,6 +211,8 @@ def main(
             progress=not args.no_progress,
             margin=args.margin / 100,
         )
+        liveness = Liveness(args.heartbeat_interval, args.grace_period)
+        preflight(spec, args)
         fixed = args.seeds != "auto"
         run_study(
             spec,
@@ -225,7 +224,7 @@ def main(
             workers=args.workers,
             worker_command=_worker_command(name, argv) if args.workers > 1 else None,
             worker_id=args.worker_id,
-            liveness=Liveness(args.heartbeat_interval, args.grace_period),
+            liveness=liveness,
             trials=args.trials,
             seeds=args.seeds if fixed else None,
             max_seeds=args.max_seeds or (args.seeds if fixed else None),
@@ -260,5 +259,6 @@ def _worker_log(worker_id: int | None) -> Callable[[str], None]:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    """One `error:` line on stderr and the exit status, the whole of what a bad input prints."""
     print(f"error: {message}", file=sys.stderr)
     return code

@@ -171,7 +171,8 @@ def plot_epoch_effects(effects: Mapping[str, Sequence[Mapping[str, float]]], plt
     if not any(effects.values()):
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, rows in effects.items():
+    for label, all_rows in effects.items():
+        rows = [r for r in all_rows if int(r["epoch"]) >= 1]  # epoch 0 is the curve's area, in the table only
         x = [int(r["epoch"]) for r in rows]
         (line,) = ax.plot(x, [100 * r["delta"] for r in rows], "o-", label=label)
         lo, hi = [100 * _nan(r.get("lo")) for r in rows], [100 * _nan(r.get("hi")) for r in rows]

@@ -59,8 +59,8 @@ def check(spec: StudySpec, stored: dict[str, dict[str, Any]], fingerprints: dict
         if ATTR not in attrs:  # a study from before fingerprints: at least the dataset and budget must match
             old = {"dataset": attrs.get("dataset"), "budget": Budget(**attrs["budget"]).fingerprint()}
             new = {"dataset": spec.dataset_name, "budget": fingerprints[cand]["budget"]}
-        else:
-            old, new = attrs[ATTR], fingerprints[cand]
+        else:  # studies from before the margin was fingerprinted ran with the default one
+            old, new = {"margin": 0.003, **attrs[ATTR]}, fingerprints[cand]
         if changes := diff(old, new):
             raise StudyError(
                 f"study {spec.name!r} ({cand}) was run with other settings: {'; '.join(changes)}. Only --trials and "

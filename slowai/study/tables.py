@@ -158,9 +158,17 @@ def notes(res: StudyResult) -> list[str]:
             out.append(f"`{c.name}`: fewer than 2 paired seeds with the reference, so Welch's unpaired test is used.")
         elif not math.isnan(gain):
             w = c.welch
+            how = (
+                f"narrowed the 95% CI of Δ by {100 * gain:.0f}%"
+                if gain >= 0
+                else (
+                    f"widened the 95% CI of Δ by {-100 * gain:.0f}% (the seeds' noise was not shared, and pairing "
+                    "costs degrees of freedom)"
+                )
+            )
             out.append(
-                f"`{c.name}`: pairing seeds narrowed the 95% CI of Δ by {100 * gain:.0f}% "
-                f"(±{100 * c.diff.half_width:.2f} paired vs ±{100 * w.half_width:.2f} unpaired, same runs)."
+                f"`{c.name}`: pairing seeds {how}: ±{100 * c.diff.half_width:.2f} paired vs "
+                f"±{100 * w.half_width:.2f} unpaired, same runs."
             )
         for t in c.diverged:
             out.append(
