@@ -168,8 +168,8 @@ def plot_epoch_effects(effects: Mapping[str, Sequence[Mapping[str, float]]], plt
     only appears (or vanishes) late in training. None when there is nothing to compare."""
     from matplotlib import ticker
 
-    if not any(effects.values()):
-        return None
+    if max((int(r["epoch"]) for rows in effects.values() for r in rows), default=0) < 2:
+        return None  # one epoch is a point, not a curve: the report's table has it
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, all_rows in effects.items():
         rows = [r for r in all_rows if int(r["epoch"]) >= 1]  # epoch 0 is the curve's area, in the table only

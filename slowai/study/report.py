@@ -186,7 +186,8 @@ def write_report(
         "Test accuracy in %, mean ± half-width of the 95% t-interval over seeds (n); valid acc is the mean best "
         "validation accuracy of the same runs. Δ is candidate minus reference in accuracy points with its 95% CI "
         "(paired by seed). MFLOPs are per sample (forward), s/epoch is the mean training-epoch time of the confirm "
-        "runs. E[best valid]: expected best validation accuracy after 1 and after all N tuning trials. Best hp: "
+        "runs. E[best valid]: expected best validation accuracy after 1 and after all N completed "
+        "tuning trials (pruned ones are left out, so N may differ between arms). Best hp: "
         "the tuned hyperparameters retrained.",
         *_answer(res),
         "## Data",

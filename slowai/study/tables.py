@@ -19,7 +19,7 @@ def pct(x: float | None) -> str:
 
 
 def signed(x: float | None) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{100 * x:+.2f}"
+    return "n/a" if x is None or math.isnan(x) else f"{round(100 * x, 2) + 0.0:+.2f}"  # + 0.0: no "-0.00"
 
 
 def _ci(lo: float, hi: float) -> str:
@@ -108,7 +108,7 @@ def ablation(res: StudyResult) -> Table:
 
 
 def _delta_s(a: float, b: float) -> str:
-    return "n/a" if math.isnan(a) or math.isnan(b) else f"{a - b:+.1f}"
+    return "n/a" if math.isnan(a) or math.isnan(b) else f"{round(a - b, 1) + 0.0:+.1f}"
 
 
 def effects(res: StudyResult) -> Table:
@@ -180,7 +180,7 @@ def notes(res: StudyResult) -> list[str]:
 
 def markdown(table: Table) -> str:
     heads, rows = table
-    align = ["---" if i == 0 or h == "best hp" else "---:" for i, h in enumerate(heads)]
+    align = ["---" if i == 0 or h in ("best hp", "verdict") else "---:" for i, h in enumerate(heads)]
     lines = ["| " + " | ".join(heads) + " |", "| " + " | ".join(align) + " |"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
