@@ -3,6 +3,7 @@
 #   bash scripts/postgres.sh                 the machine's Debian cluster, installed if needed, started on 127.0.0.1
 #   bash scripts/postgres.sh --throwaway DIR a private server in the empty DIR (unix socket in DIR, no TCP), never
 #                                            installs anything: exits 3 when no server binaries (initdb, pg_ctl) exist
+#   bash scripts/postgres.sh --restart DIR [S] stops that server, waits S seconds (default 0), starts it again
 #   bash scripts/postgres.sh --stop DIR      stops that server and deletes DIR
 # The tests (tests/conftest.py) start and stop a throwaway server by themselves; SLOWAI_TEST_PG_URL overrides it.
 set -euo pipefail
@@ -70,11 +71,21 @@ stop() {
   rm -rf "$dir"
 }
 
+restart() {
+  local dir=$1 down=${2:-0} bin
+  [ -f "$dir/bindir" ] || die "$dir was not made by --throwaway; not touching it"
+  bin=$(cat "$dir/bindir")
+  as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null
+  sleep "$down"
+  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
 case "${1:-}" in
+  --restart) restart "${2:?usage: postgres.sh --restart DIR [SECONDS]}" "${3:-0}"; exit ;;
   --throwaway) throwaway "${2:?usage: postgres.sh --throwaway DIR}"; exit ;;
   --stop) stop "${2:?usage: postgres.sh --stop DIR}"; exit ;;
   "") ;;
-  *) die "unknown argument '$1' (none, --throwaway DIR or --stop DIR)" ;;
+  *) die "unknown argument '$1' (none, --throwaway DIR, --restart DIR [S] or --stop DIR)" ;;
 esac
 
 if ! command -v pg_lsclusters >/dev/null 2>&1; then

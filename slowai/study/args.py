@@ -161,7 +161,7 @@ def _check_storage(url: str, report_only: bool) -> None:
     """A journal or SQLite file must be writable where it is (or will be); server URLs are checked by Optuna."""
     url = normalize_url(url)
     check_storage_url(url)
-    path = _storage_file(url)
+    path = storage_file(url)
     if path is None:
         return
     _check_dir(path.parent, f"--storage {url}: directory")
@@ -171,7 +171,7 @@ def _check_storage(url: str, report_only: bool) -> None:
         raise StudyError(f"nothing to report: no storage at {path} (run the study first)")
 
 
-def _storage_file(url: str) -> Path | None:
+def storage_file(url: str) -> Path | None:
     """The file a journal path or sqlite:/// URL writes; None for a server URL or an in-memory database."""
     if "://" not in url:
         return Path(url).expanduser()

@@ -1,113 +1,138 @@
-"""Sharing one study between workers: claiming trials from the storage, and finding trials whose worker is gone.
+"""Sharing one study between workers: claiming trials from the storage, finding trials whose worker is gone, and
+closing failed ones by class.
 
 Counting finished trials from the storage (never a local counter) is what lets several workers share one budget.
-Lost workers: on RDB storages (PostgreSQL, MySQL, SQLite) every running trial records a heartbeat (Optuna's
-heartbeat thread); a trial whose heartbeat is older than the grace period belongs to a dead or cut-off worker. The
-journal storage has no heartbeats in this Optuna version, so there a RUNNING trial counts as lost when its worker
-process on this host is gone. Either way the trial is marked FAIL with a reason and re-queued once as a WAITING copy
-(Optuna's `RetryHeartbeatStaleTrialCallback`) that the next `ask` of any worker pops.
+Lost workers are found by the lease of `slowai.study.lease` (a heartbeat through the storage, on every storage
+kind): such a trial is marked FAIL with a reason and re-queued as a WAITING copy with the same hyperparameters and
+seed (Optuna's `RetryHeartbeatStaleTrialCallback`), which the next `ask` of any worker pops. A trial that fails by
+itself is closed by class (`slowai.study.failures`): an error is final (it uses up its tune slot or confirm seed
+and the report names it), out-of-memory is retried once, an interrupt is left to the next run.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import socket
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from slowai.study import failures
+from slowai.study.lease import Heartbeat, Watch
+from slowai.study.spec import StudyError
 from slowai.study.storage import Liveness, existing_names, optuna_name
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
-RETRY_ATTRS = ("seed", "params_key")  # what a retried trial must keep: the confirm run it stands for
+RETRY_ATTRS = ("slot", "seed", "params_key", "oom_retries")  # what a retried trial keeps: the run it stands for
+
+
+# ------------------------------------------------------------------------------------------- trial ids
+def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial `number`, by public API (Optuna keeps it in private attributes only)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def is_final(t: FrozenTrial) -> bool:
+    """A FAIL that will not be retried (an error, or out-of-memory twice): it uses up its slot or seed."""
+    return t.state == TrialState.FAIL and bool(t.user_attrs.get("final"))
 
 
 # ------------------------------------------------------------------------------------------- lost workers
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _dead_local(t: FrozenTrial) -> bool:
-    """Was this RUNNING trial claimed by a process on this host that no longer exists?"""
-    w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-    return w_host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
-
-
-def lost_trials(study: optuna.Study) -> dict[int, str]:
-    """RUNNING trials whose worker is gone → the reason: heartbeat stale (RDB) or process dead on this host."""
-    running = {t._trial_id: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    lost = {tid: f"worker {t.user_attrs['worker']} died (process gone)" for tid, t in running.items() if _dead_local(t)}
-    storage = study._storage
-    if is_heartbeat_enabled(storage):
-        for tid in storage._get_stale_trial_ids(study._study_id):
-            worker = running[tid].user_attrs.get("worker", "?") if tid in running else "?"
-            lost[tid] = f"worker {worker} lost: no heartbeat within the grace period"
-    return lost
-
-
-def fail_lost_trials(study: optuna.Study, max_retry: int = Liveness.max_retry) -> list[int]:
-    """Mark trials of dead workers FAIL with a reason and queue one retry of each; returns their numbers.
+def fail_lost_trials(storage: BaseStorage, study: optuna.Study, watch: Watch, max_retry: int) -> list[int]:
+    """Mark trials of lost workers FAIL with a reason and queue one retry of each; returns their numbers.
 
     Several workers may find the same lost trial: the storage lets one FAIL transition win, and only the winner
     queues the retry, so each lost trial is retried once.
     """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     failed = []
-    for trial_id, reason in lost_trials(study).items():
-        if _fail(study._storage, trial_id, reason):
-            frozen = study._storage.get_trial(trial_id)
-            retry(study, frozen, max_retry)
-            failed.append(frozen.number)
+    for number, why in watch.lost(study.study_name, running).items():
+        tid = trial_id(storage, study.study_name, number)
+        if close(storage, tid, why, "lost"):
+            retry(study, storage.get_trial(tid), max_retry)
+            failed.append(number)
     return failed
 
 
-def _fail(storage: BaseStorage, trial_id: int, reason: str) -> bool:
-    """RUNNING → FAIL with `fail_reason`; False when another worker finished or failed it first."""
+def close(storage: BaseStorage, tid: int, why: str, failure: str, final: bool = False) -> bool:
+    """RUNNING → FAIL with its reason and class; False when another worker finished or failed it first."""
     try:
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
+        for k, v in {"fail_reason": why, "failure": failure, "final": final}.items():
+            storage.set_trial_user_attr(tid, k, v)
+        return bool(storage.set_trial_state_values(tid, TrialState.FAIL))
     except UpdateFinishedTrialError:
         return False
 
 
-def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int) -> None:
-    """Queue a WAITING copy of a lost trial (same params; a confirm run keeps its seed) via Optuna's retry callback.
+def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int, **extra: Any) -> None:
+    """Queue a WAITING copy of a failed trial (same params; its seed) via Optuna's retry callback.
 
     Only the claim attrs are copied: the new run gets its own worker, W&B run and timings.
     """
     clean = copy.deepcopy(trial)
-    clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in RETRY_ATTRS} | {"retry_of": trial.number}
+    keep = {k: v for k, v in trial.user_attrs.items() if k in RETRY_ATTRS}
+    clean.user_attrs = keep | extra | {"retry_of": trial.number}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, clean)
 
 
-def ask(study: optuna.Study) -> optuna.Trial:
-    """`study.ask()` without Optuna's warning that heartbeats expect `optimize` (`heartbeat` below runs them)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        return study.ask()
+# ------------------------------------------------------------------------------------------- holding a trial
+@contextmanager
+def hold(
+    storage: BaseStorage, live: Liveness, study: optuna.Study, trial: optuna.Trial, label: str
+) -> Iterator[Heartbeat]:
+    """While this worker holds a trial its lease beats; an error, wherever it strikes (W&B start, training, storage
+    writes), closes the trial by its class (`slowai.study.failures`), so it is never left RUNNING by a live worker."""
+    tid = trial_id(storage, study.study_name, trial.number)
+    try:
+        with Heartbeat(storage, tid, live.heartbeat_interval) as beat:
+            yield beat
+    except UpdateFinishedTrialError:
+        raise failures.Dropped(f"{label}: declared lost meanwhile; its late result is dropped") from None
+    except (failures.TrialFailed, failures.Dropped):
+        raise
+    except BaseException as e:
+        _close_failed(storage, live, study, tid, trial, e, label)
+        raise
 
 
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> BaseHeartbeatThread:
-    """Context manager: Optuna's heartbeat thread for this trial while it runs (a no-op on journal storages)."""
-    return get_heartbeat_thread(trial._trial_id, study._storage)
+def _close_failed(
+    storage: BaseStorage,
+    live: Liveness,
+    study: optuna.Study,
+    tid: int,
+    trial: optuna.Trial,
+    e: BaseException,
+    label: str,
+) -> None:
+    """Close a trial that raised `e` by class, then raise what the worker should do next (see `failures`)."""
+    k, why = failures.kind(e), failures.reason(e)
+    if k == failures.STORAGE:
+        raise failures.StorageDown(f"{label}: storage unreachable ({why})") from e
+    oom_retries = int(trial.user_attrs.get("oom_retries", 0))
+    final = k == failures.ERROR and not isinstance(e, StudyError) or (k == failures.OOM and oom_retries >= 1)
+    try:
+        closed = close(storage, tid, why, k, final)
+    except Exception as store_e:  # noqa: BLE001 - the storage went away too: the lease brings the trial back
+        if failures.storage_error(store_e):
+            raise failures.StorageDown(f"{label}: storage unreachable ({failures.reason(store_e)})") from e
+        raise
+    if k == failures.INTERRUPTED or isinstance(e, StudyError):
+        return  # the caller re-raises: the worker stops, the next run retries the trial
+    if not closed:
+        raise failures.Dropped(f"{label}: declared lost meanwhile; its late result is dropped") from e
+    if final:
+        raise failures.TrialFailed(f"{label}: failed for good ({why})") from e
+    failures.free_memory()
+    retry(study, storage.get_trial(tid), live.max_retry, oom_retries=oom_retries + 1)
+    raise failures.TrialFailed(f"{label}: out of memory ({why}); retrying it once") from e
 
 
 # ------------------------------------------------------------------------------------------- claiming work
@@ -116,23 +141,37 @@ def count(trials: Iterable[FrozenTrial], states: Iterable[TrialState]) -> int:
     return sum(t.state in states for t in trials)
 
 
+def slots(trials: Iterable[FrozenTrial], states: Iterable[TrialState]) -> int:
+    """Tune slots used: trials in `states` plus final failures (a trial that errors is not drawn again)."""
+    states = tuple(states)
+    return sum(t.state in states or is_final(t) for t in trials)
+
+
 def tune_open(study: optuna.Study, wanted: int) -> bool:
     """Should a worker ask for a tune trial? Fewer than `wanted` are finished or running (ask pops retries first)."""
-    return count(study.get_trials(deepcopy=False), (*FINISHED, TrialState.RUNNING)) < wanted
+    return slots(study.get_trials(deepcopy=False), (*FINISHED, TrialState.RUNNING)) < wanted
 
 
 def tune_done(study: optuna.Study, wanted: int) -> bool:
     """Has the candidate's tuning finished everywhere (so its best params are final)?"""
-    return count(study.get_trials(deepcopy=False), FINISHED) >= wanted
+    return slots(study.get_trials(deepcopy=False), FINISHED) >= wanted
 
 
-def is_surplus(study: optuna.Study, trial: optuna.Trial, wanted: int) -> bool:
-    """After `ask`: did earlier trials (finished, running or queued retries) already fill the budget?
+def tune_slot(study: optuna.Study, trial: optuna.Trial, wanted: int) -> int | None:
+    """After `ask`: the tune slot this trial fills (a retry keeps its own), or None if earlier trials (finished,
+    running, queued retries) already fill the budget.
 
-    Counting then asking is not atomic across workers; trial numbers are, so the later trial steps back.
+    Counting then asking is not atomic across workers; trial numbers are, so the later trial steps back. The slot,
+    not the trial number, seeds the run and its sampler: a study whose workers were killed and restarted draws the
+    same trials as one that ran undisturbed.
     """
+    if "slot" in trial.user_attrs:
+        return int(trial.user_attrs["slot"])
     earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-    return count(earlier, CLAIMED) >= wanted
+    if slots(earlier, CLAIMED) >= wanted:
+        return None
+    taken = {t.user_attrs.get("slot") for t in earlier if t.state in CLAIMED or is_final(t)}
+    return min(set(range(wanted)) - taken)
 
 
 def mark_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
@@ -155,8 +194,14 @@ def _runs_of(study: optuna.Study, key: str, states: tuple[TrialState, ...]) -> l
 
 
 def confirm_claimed(study: optuna.Study, key: str) -> set[int]:
-    """Seeds already done or running for these hyperparameters."""
-    return {int(t.user_attrs["seed"]) for t in _runs_of(study, key, (TrialState.COMPLETE, TrialState.RUNNING))}
+    """Seeds already done, running or failed for good for these hyperparameters."""
+    live = {int(t.user_attrs["seed"]) for t in _runs_of(study, key, (TrialState.COMPLETE, TrialState.RUNNING))}
+    return live | confirm_failed(study, key)
+
+
+def confirm_failed(study: optuna.Study, key: str) -> set[int]:
+    """Seeds whose run failed for good (an error, or out of memory twice): not run again."""
+    return {int(t.user_attrs["seed"]) for t in _runs_of(study, key, (TrialState.FAIL,)) if is_final(t)}
 
 
 def confirm_done(study: optuna.Study, key: str) -> set[int]:

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from slowai.study import claims
 from slowai.study import storage as st
+from slowai.study.lease import Watch
 from slowai.study.spec import Budget, StudySpec
 
 CONFIRM_SEED_BASE = 0
@@ -48,11 +49,12 @@ class Ledger:
         budget: Budget,
         attrs: dict[str, Any],
         fingerprints: dict[str, dict[str, Any]],
-        max_retry: int,
+        liveness: st.Liveness,
         log: Callable[[str], None],
     ) -> None:
         self.spec, self.storage, self.budget, self.attrs = spec, storage, budget, attrs
-        self.fingerprints, self.max_retry, self.log = fingerprints, max_retry, log
+        self.fingerprints, self.liveness, self.log = fingerprints, liveness, log
+        self.watch = Watch(liveness.grace)
         self.studies: dict[tuple[str, str], optuna.Study] = {}
 
     def study(self, candidate: str, stage: str) -> optuna.Study:
@@ -60,7 +62,7 @@ class Ledger:
         if key not in self.studies:
             self.studies[key] = self._create(candidate, stage)
         study = self.studies[key]
-        if failed := claims.fail_lost_trials(study, self.max_retry):
+        if failed := claims.fail_lost_trials(self.storage, study, self.watch, self.liveness.max_retry):
             self.log(f"  trials {failed} of {study.study_name} lost their worker: marked FAIL, queued for retry")
         return study
 
@@ -81,9 +83,18 @@ class Ledger:
             "fingerprint": self.fingerprints[candidate],
         }
         for k, v in attrs.items():
-            if study.user_attrs.get(k) != v:
+            if study.user_attrs.get(k) != v and self._may_write(study.user_attrs, k):
                 study.set_user_attr(k, v)
         return study
+
+    def _may_write(self, stored: dict[str, Any], key: str) -> bool:
+        """The plan's attrs are written once: the budget again only as a resume grows trials or seeds, and the
+        speed-ups never (a worker with conflicting explicit flags must not rewrite what the others train with)."""
+        if key not in stored or key not in ("budget", "accel", "fingerprint"):
+            return True
+        if key == "budget":
+            return Budget(**stored["budget"]).fingerprint() == self.budget.fingerprint()
+        return False
 
     def sampler(self, candidate: str, stage: str, number: int) -> optuna.samplers.BaseSampler:
         """TPE seeded by the trial number: reproducible for one worker, and distinct draws for concurrent workers."""
@@ -113,6 +124,13 @@ class Ledger:
         key, conf = claims.confirm_key(best), self.study(candidate, "confirm")
         done = conf.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return {int(t.user_attrs["seed"]): float(t.value) for t in done if t.user_attrs.get("params_key") == key}
+
+    def confirm_failed(self, candidate: str) -> set[int]:
+        """Seeds whose confirm run with the current best hyperparameters failed for good (not run again)."""
+        best = self.best_params(candidate)
+        if best is None:
+            return set()
+        return claims.confirm_failed(self.study(candidate, "confirm"), claims.confirm_key(best))
 
     def held_by(self) -> set[str]:
         """Workers holding a running or queued trial in any study this process has opened."""

@@ -32,7 +32,8 @@ def text_table(res: StudyResult) -> str:
         parts.append(tables.text(tables.effects(res)))
     elif _is_ablation(res):
         parts.append(tables.text(tables.ablation(res)))
-    return "\n\n".join(parts + tables.notes(res)[:1])
+    unconfirmed = [tables.unconfirmed(c) for c in res.candidates if c.best is None and c.tune_counts]
+    return "\n\n".join(parts + tables.notes(res)[:1] + unconfirmed)
 
 
 def _is_ablation(res: StudyResult) -> bool:
@@ -198,6 +199,12 @@ def write_report(
             for c in res.candidates
         ),
     ]
+    if failed := tables.failures(res):
+        parts += [
+            "## Failures",
+            "Trials that failed, why, and what became of them (nothing is retried forever).",
+            *failed,
+        ]
     if plan_text:
         parts += ["## Plan", f"```\n{plan_text}\n```"]
     parts += ["## Plots", *(f"![{p.stem}]({p.name})" for p in plots), *plot_notes]

@@ -38,6 +38,7 @@ class CandidateResult:
     tune_values: list[float] = field(default_factory=list)  # validation accuracy of each completed tune trial
     verdict: Verdict | None = None  # vs the reference (see slowai.study.verdicts)
     welch: DiffCI | None = None  # the same runs compared unpaired: how much pairing narrowed the interval
+    failures: list[FrozenTrial] = field(default_factory=list)  # failed tune/confirm trials, with their reasons
 
     @property
     def by_seed(self) -> dict[int, float]:
@@ -130,6 +131,12 @@ def _row(res: StudyResult, c: CandidateResult, t: FrozenTrial) -> dict[str, Any]
     }
 
 
+def _real_failure(t: FrozenTrial) -> bool:
+    """A failure worth reporting: not a claim another worker won (surplus), not an interrupt retried later."""
+    why = str(t.user_attrs.get("fail_reason", ""))
+    return not why.startswith("surplus")
+
+
 def _mean(xs: list[float]) -> float:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else math.nan
@@ -159,6 +166,9 @@ def collect(
         }
         r = CandidateResult(cand, runs, best, counts, published=(published or {}).get(cand))
         r.tune_values = [float(t.value) for t in complete if t.value is not None]
+        cn = st.optuna_name(name, cand, "confirm")
+        confirm = optuna.load_study(study_name=cn, storage=storage).get_trials() if cn in names else []
+        r.failures = [t for t in tune + confirm if t.state == TrialState.FAIL and _real_failure(t)]
         seen += runs or complete
         if runs:
             r.acc = mean_ci(r.accs)

@@ -1,38 +1,39 @@
 """Running a study: validate and plan (nothing written), then tune and confirm every candidate, then report.
 
-The parts live in their own modules: `plan` (budget and estimate), `resume` (what a resumed study must keep),
-`knobs` (search-space routing), `ledger` (the Optuna studies), `scheduler` (claiming and waiting), `trial` (one
+The parts live in their own modules: `plan` (budget and estimate), `plan_record` (one plan per study, first writer
+wins), `plan_cache` (this machine's last choice), `planner` (the planning steps), `resume` (what a resumed study must
+keep), `knobs` (search-space routing), `ledger` (the Optuna studies), `scheduler` (claiming and waiting), `trial` (one
 training run), `launch` (local worker processes) and `report` (the answer).
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from slowai.accel import accel_cbs
 from slowai.callbacks import _use_bars
 from slowai.core import Callback
-from slowai.study import launch, report, resume, speed
+from slowai.study import launch, plan_record, report, resume, speed
 from slowai.study import plan as planning
 from slowai.study import storage as st
 from slowai.study.analysis import analyze, design_of
 from slowai.study.data import StudyData
-from slowai.study.knobs import check_config, dry_draws, route
-from slowai.study.ledger import Ledger, done_counts
+from slowai.study.ledger import Ledger
+from slowai.study.planner import Planning
 from slowai.study.report import StudyResult
 from slowai.study.scheduler import Scheduler, say_to
 from slowai.study.spec import Budget, StudyError, StudySpec
 from slowai.study.tracking import Tracker, offline_runs, resolve_mode
 from slowai.study.trial import TrialRunner
 from slowai.utils import resolve_device
-
-DEFAULT_TARGET_S = 50 * 60  # leaves headroom under the hour for data loading, probes and the report
 
 
 def git_commit() -> str | None:
@@ -45,8 +46,9 @@ def git_commit() -> str | None:
 
 
 @dataclass
-class Runner:
-    """Executes a StudySpec: `prepare()` validates, loads data and plans (writes nothing); `run()` does the work."""
+class Runner(Planning):
+    """Executes a StudySpec: `prepare()` validates, loads data and plans (writes nothing, see `Planning`); `run()`
+    does the work."""
 
     spec: StudySpec
     budget: Budget | None = None
@@ -67,78 +69,11 @@ class Runner:
         self.plan: planning.Plan | None = None
         self.storage: Any = None
         self.ledger: Ledger | None = None
-
-    # ------------------------------------------------------------------------------------ plan (writes nothing)
-    def prepare(self) -> planning.Plan:
-        """Validate storage, data, spaces and the resume state, probe throughput, choose the budget."""
-        st.check_storage_url(self.storage_url)
-        if self.spec.storage is not None or Path(self.storage_url).exists():
-            self.storage = st.open_storage(self.storage_url, self.liveness)
-        stored = resume.stored_attrs(self.storage, self.spec)
-        budget_attrs = resume.stored_budget(stored)
-        throughput = self._probe() if self._needs_probe(budget_attrs) else {}
-        budget, fits = self._choose(budget_attrs, throughput)
-        draws = {c.name: self._draws(c) for c in self.spec.candidates}
-        data_fp = self.data.fingerprint()
-        self.fingerprints = {
-            c.name: resume.fingerprint(self.spec, c, budget, data_fp, draws[c.name]) for c in self.spec.candidates
-        }
-        resume.check(self.spec, stored, self.fingerprints)
-        self._check_spaces(budget, draws)
-        sizes = planning.sizes_for(budget, self.data.sizes)
-        accel = speed.decide(self.spec, budget, sizes, throughput, self.device, stored, self.log)
-        done = done_counts(self.spec, self.storage, budget)
-        todo = {k: (max(budget.trials - t, 0), max(budget.seeds - c, 0)) for k, (t, c) in done.items()}
-        est = planning.estimate(budget, sizes, throughput, self.spec.pruner, todo, speed.speedups(self.spec, accel))
-        self.plan = planning.Plan(
-            budget, sizes, throughput, est, done, fits, self.time_budget_s, self.device, self.shown_url, accel
-        )
-        return self.plan
-
-    def _needs_probe(self, stored_budget: dict | None) -> bool:
-        """A `--workers` child skips the probe (the parent printed the plan) unless it must choose the budget."""
-        return self.worker_id is None or (self.budget is None and stored_budget is None and not self.quick)
-
-    def _probe(self) -> dict[str, planning.Throughput]:
-        bs = self.budget.bs if self.budget else (planning.QUICK.bs if self.quick else Budget().bs)
-        probe_dls = self.data.load(2 * bs, bs)
-        return {c.name: planning.probe(c, probe_dls) for c in self.spec.candidates}
-
-    def _choose(self, stored: dict | None, throughput: dict) -> tuple[Budget, bool]:
-        """Explicit budget > the resumed study's stored one > quick > the biggest preset that fits; then overrides."""
-        if self.budget is not None:
-            return self.budget.with_(**self.overrides), True
-        if stored is not None:
-            return Budget(**stored).with_(**self.overrides), True
-        if self.quick:
-            return planning.QUICK.with_(**self.overrides), True
-        presets = (planning.GPU_PRESETS if self.device.type == "cuda" else ()) + planning.CPU_PRESETS
-        presets = tuple(p.with_(**self.overrides) for p in presets)
-        target = self.time_budget_s if self.time_budget_s is not None else DEFAULT_TARGET_S
-
-        def seconds(b: Budget) -> float:
-            return planning.estimate(b, planning.sizes_for(b, self.data.sizes), throughput, self.spec.pruner).total
-
-        cap = self.overrides.get("max_seeds", planning.MAX_SEEDS)
-        return planning.choose_budget(presets, seconds, target, cap)
-
-    def _draws(self, cand: Any) -> list[optuna.Trial]:
-        try:
-            return dry_draws(self.spec.space_of(cand), self.spec.seed)
-        except StudyError:
-            raise
-        except Exception as e:  # a bug in the user's space: say which, before any trial is spent on it
-            raise StudyError(
-                f"the search space of {cand.name!r} failed on a dry draw: {type(e).__name__}: {e}"
-            ) from None
-
-    def _check_spaces(self, budget: Budget, draws: dict[str, list[optuna.Trial]]) -> None:
-        """Route every dry draw and build its model, optimizer and schedule: bad spaces fail before any trial."""
-        dls = self.data.for_stage(budget, "tune")
-        for cand in self.spec.candidates:
-            for t in draws[cand.name]:
-                cfg = route(t.user_attrs["hp"], cand.recipe, f"the search space of {cand.name!r}")
-                check_config(cfg, cand, dls.input_shape[0], dls.n_classes, self.data.options())
+        self.stored: dict[str, dict[str, Any]] = {}  # the candidates' tune-study attrs, when resuming
+        self.record: plan_record.PlanRecord | None = None  # the study's stored plan
+        self.throughput: dict[str, planning.Throughput] = {}
+        self.draws: dict[str, list[optuna.Trial]] = {}
+        self.source = "chosen"  # where the budget came from: explicit, stored, or chosen here (presets, quick)
 
     # ------------------------------------------------------------------------------------ work
     def open(self) -> None:
@@ -146,7 +81,8 @@ class Runner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our per-trial lines say it better
         self.out.mkdir(parents=True, exist_ok=True)
         if self.storage is None:
-            self.storage = st.open_storage(self.storage_url, self.liveness)
+            self.storage = st.open_storage(self.storage_url)
+        self._claim_plan()
         attrs = {
             "dataset": self.spec.dataset_name,
             "study": self.spec.name,
@@ -155,7 +91,7 @@ class Runner:
             "accel": self.plan.accel,
         }
         self.ledger = Ledger(
-            self.spec, self.storage, self.plan.budget, attrs, self.fingerprints, self.liveness.max_retry, self.log
+            self.spec, self.storage, self.plan.budget, attrs, self.fingerprints, self.liveness, self.log
         )
         speed.prepare_compile(self.plan.accel, self.log)
 
@@ -190,6 +126,16 @@ class Runner:
             raise StudyError(f"{len(left)} jobs unfinished ({bad}); rerun the same command to resume")
 
     # ------------------------------------------------------------------------------------ results
+    def confirm_runs(self) -> dict[str, int]:
+        """Completed confirm runs per candidate in the storage (by any worker), to count a run's extra rounds."""
+        names = st.existing_names(self.storage) if self.storage is not None else set()
+        out = {}
+        for c in self.spec.candidates:
+            name = st.optuna_name(self.spec.name, c.name, "confirm")
+            study = optuna.load_study(study_name=name, storage=self.storage) if name in names else None
+            out[c.name] = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) if study else 0
+        return out
+
     def collect(self, budget: Budget | None = None) -> StudyResult:
         """Everything finished so far, from the storage, with its verdicts (see `slowai.study.analysis`)."""
         names = [c.name for c in self.spec.candidates]
@@ -219,7 +165,7 @@ class Runner:
         """--report-only: rebuild the report from whatever the storage holds; no data, no training."""
         if self.spec.storage is None and not Path(self.storage_url).exists():
             raise StudyError(f"nothing to report: no storage at {self.storage_url} (run the study first)")
-        self.storage = st.open_storage(self.storage_url, self.liveness)
+        self.storage = st.open_storage(self.storage_url)
         if not any(c.finished_tune for c in self.collect().candidates):
             raise StudyError(f"nothing to report: study {self.spec.name!r} has no finished trials in {self.shown_url}")
         budget = resume.stored_budget(resume.stored_attrs(self.storage, self.spec))
@@ -259,6 +205,7 @@ def run_study(
         log(plan.describe(spec))
     if plan_only:
         return runner.collect()
+    before, t0 = runner.confirm_runs(), time.perf_counter()
     if workers > 1:
         if not worker_command:
             raise StudyError("several workers need the command that starts one (worker_command)")
@@ -267,5 +214,17 @@ def run_study(
         runner.run()
     if worker_id is not None:
         return runner.collect()
-    text = plan.describe(spec) + (f"\n  workers: {workers} local processes" if workers > 1 else "")
-    return runner.write_results(text)
+    ran = {k: n - before.get(k, 0) for k, n in runner.confirm_runs().items()}
+    took = took_line(time.perf_counter() - t0, runner.plan.work_estimate(ran), workers)
+    log(took)
+    text = runner.plan.describe(spec) + (f"\n  workers: {workers} local processes" if workers > 1 else "")
+    origin = f"\n  plan {runner.record.origin()}" if runner.record else ""
+    return runner.write_results(f"{text}{origin}\n  {took}")
+
+
+def took_line(took_s: float, estimated_s: float, workers: int = 1) -> str:
+    """'took 56 min (estimated 48 min for the work run, +17% off)': how far off the plan was, to trust it or not."""
+    share = estimated_s / max(workers, 1)
+    off = f"{100 * (took_s / share - 1):+.0f}% off" if share > 0 else "no estimate"
+    run = f"the work run shared by {workers} workers" if workers > 1 else "the work run"
+    return f"took {planning.fmt_seconds(took_s)} (estimated {planning.fmt_seconds(share)} for {run}, {off})"

@@ -11,27 +11,26 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 
-from slowai.study import claims
+from slowai.study import claims, failures
 from slowai.study import plan as planning
 from slowai.study.analysis import design_of
 from slowai.study.data import StudyData
 from slowai.study.knobs import route
 from slowai.study.ledger import Ledger, confirm_seeds
 from slowai.study.spec import Candidate, StudyError, StudySpec
-from slowai.study.trial import Outcome, TrialContext, TrialRunner, reason
+from slowai.study.trial import Outcome, TrialContext, TrialRunner
 from slowai.study.verdicts import seeds_needed
 
 TUNE_SEED_BASE = 10_000
 POLL_S = 2.0  # how often an idle worker re-reads the storage while others finish their trials
 STUCK_POLLS = 5  # idle polls with no trial held anywhere before pending work counts as stuck (a bug, not a wait)
+STORAGE_PATIENCE_S = 600.0  # how long a worker rides out an unreachable storage (a database restart) before giving up
 
 
 @dataclass
@@ -45,21 +44,6 @@ class Job:
 
     def __str__(self) -> str:
         return f"{self.candidate} {self.stage}" + (f" seed {self.seed}" if self.seed is not None else "")
-
-
-@contextmanager
-def claim(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """While this worker holds a trial: its heartbeat runs, and any error or Ctrl-C, wherever it strikes (W&B start,
-    training, storage writes), closes the trial FAIL with the reason before it propagates; never left RUNNING."""
-    with claims.heartbeat(study, trial):
-        try:
-            yield
-        except BaseException as e:
-            try:
-                claims.mark_failed(study, trial, reason(e))
-            except UpdateFinishedTrialError:  # already closed (e.g. declared lost by another worker)
-                pass
-            raise
 
 
 class Scheduler:
@@ -78,6 +62,7 @@ class Scheduler:
         self.spec, self.plan, self.ledger, self.data, self.trials = spec, plan, ledger, data, trials
         self.budget, self.say, self.poll_s = plan.budget, say, poll_s
         self._waiting_on: set[str] = set()
+        self._down_since: float | None = None
 
     # ------------------------------------------------------------------------------------ one job
     def run_one(self, cand: Candidate, stage: str, study: optuna.Study, trial: optuna.Trial, seed: int, bar: Any):
@@ -95,14 +80,16 @@ class Scheduler:
         wanted = self.budget.trials
         if not claims.tune_open(study, wanted):
             return None
-        trial = claims.ask(study)  # a queued retry of a lost trial first, else a new one
-        with claim(study, trial):
-            if claims.is_surplus(study, trial, wanted):
+        trial = study.ask()  # a queued retry of a lost trial first, else a new one
+        with self._hold(study, trial, f"{cand.name} tune t{trial.number}"):
+            slot = claims.tune_slot(study, trial, wanted)
+            if slot is None:
                 claims.mark_failed(study, trial, "surplus: another worker claimed the last trial")
                 return None
-            trial.set_user_attr("worker", claims.WORKER)
-            study.sampler = self.ledger.sampler(cand.name, "tune", trial.number)
-            out: Outcome = self.run_one(cand, "tune", study, trial, TUNE_SEED_BASE + trial.number, bar)
+            trial.set_user_attr("slot", slot)
+            study.sampler = self.ledger.sampler(cand.name, "tune", slot)
+            seed = TUNE_SEED_BASE + slot
+            out: Outcome = self.run_one(cand, "tune", study, trial, seed, bar)
         return f"{cand.name} tune t{trial.number}: valid acc {_fmt(out.last_valid)} ({out.state}) in {out.wall_s:.1f} s"
 
     def confirm_one(self, cand: Candidate, seed: int, bar: Any) -> str | None:
@@ -111,27 +98,49 @@ class Scheduler:
             return None  # another worker still tunes this candidate: its best params are not final yet
         best = self.ledger.best_params(cand.name)
         if best is None:
-            raise StudyError(f"{cand.name}: no completed tune trial to confirm (all pruned or failed)")
+            return None  # every tune trial was pruned or failed: reported as such, nothing to confirm
         key = claims.confirm_key(best)
         study = self.ledger.study(cand.name, "confirm")
         if seed in claims.confirm_claimed(study, key):
             return None
         if not claims.confirm_queued(study, key, seed):
             study.enqueue_trial(best, user_attrs={"seed": seed, "params_key": key})
-        trial = claims.ask(study)  # pops the oldest waiting trial: ours, a retry, or another worker's claim
-        with claim(study, trial):
-            seed = trial.user_attrs.get("seed", seed)
+        trial = study.ask()  # pops the oldest waiting trial: ours, a retry, or another worker's claim
+        seed = trial.user_attrs.get("seed", seed)
+        with self._hold(study, trial, f"{cand.name} confirm seed {seed} (t{trial.number})"):
             if trial.user_attrs.get("params_key") != key or claims.confirm_duplicate(study, trial, key, seed):
                 claims.mark_failed(study, trial, "surplus: claimed by another worker")
                 return None
-            trial.set_user_attr("worker", claims.WORKER)
             out = self.run_one(cand, "confirm", study, trial, seed, bar)
         acc = out.test["accuracy"] if out.test else float("nan")
         return f"{cand.name} confirm seed {seed}: test acc {_fmt(acc)} ({out.state}) in {out.wall_s:.1f} s"
 
+    def _hold(self, study: optuna.Study, trial: optuna.Trial, label: str) -> Any:
+        return claims.hold(self.ledger.storage, self.ledger.liveness, study, trial, label)
+
     def do(self, job: Job, bar: Any) -> str | None:
+        """Run one job; a failed or dropped trial is a line of output, an unreachable storage a pause."""
         cand = self.spec.candidate(job.candidate)
-        return self.tune_one(cand, bar) if job.stage == "tune" else self.confirm_one(cand, job.seed, bar)
+        try:
+            out = self.tune_one(cand, bar) if job.stage == "tune" else self.confirm_one(cand, job.seed, bar)
+        except (failures.TrialFailed, failures.Dropped) as e:
+            out = str(e)
+        except Exception as e:
+            self._storage_down(e)
+            return None
+        self._down_since = None
+        return out
+
+    def _storage_down(self, e: Exception) -> None:
+        """Re-raise `e` unless the storage is unreachable; then wait, up to `STORAGE_PATIENCE_S` in all."""
+        if not (isinstance(e, failures.StorageDown) or failures.storage_error(e)):
+            raise e
+        now = time.monotonic()
+        self._down_since = self._down_since or now
+        if now - self._down_since > STORAGE_PATIENCE_S:
+            raise StudyError(f"storage unreachable for {planning.fmt_seconds(now - self._down_since)}: {e}") from e
+        self.say(f"storage unreachable ({str(e).splitlines()[0][:120]}); retrying in {self.poll_s:g} s")
+        time.sleep(self.poll_s)
 
     # ------------------------------------------------------------------------------------ all jobs
     def jobs(self) -> list[Job]:
@@ -152,11 +161,15 @@ class Scheduler:
         without a completed run."""
         tuning = [c.name for c in self.spec.candidates if not self._tuned(c.name)]
         jobs = [Job("tune", name) for name in tuning]
-        accs = {c.name: self.ledger.confirm_accuracies(c.name) for c in self.spec.candidates if c.name not in tuning}
+        tuned = [
+            c.name for c in self.spec.candidates if c.name not in tuning and self.ledger.best_params(c.name) is not None
+        ]
+        accs = {name: self.ledger.confirm_accuracies(name) for name in tuned}
         need = self._seeds_needed(accs) if not tuning else {}
         for name, done in accs.items():
             wanted = confirm_seeds(self.spec, self.budget, need.get(name, self.budget.seeds))
-            jobs += [Job("confirm", name, seed=s) for s in wanted if s not in done]
+            failed = self.ledger.confirm_failed(name)
+            jobs += [Job("confirm", name, seed=s) for s in wanted if s not in done and s not in failed]
         return jobs
 
     def _tuned(self, candidate: str) -> bool:
@@ -165,7 +178,7 @@ class Scheduler:
     def _seeds_needed(self, accs: dict[str, dict[int, float]]) -> dict[str, int]:
         """Seeds per candidate by the sequential rule (`slowai.study.verdicts`); a fixed study needs `seeds`."""
         b = self.budget
-        if b.last_seeds == b.seeds:
+        if b.last_seeds == b.seeds or self.spec.reference not in accs:  # no reference: nothing to decide
             return {}
         return seeds_needed(accs, self.spec.reference, design_of(self.spec, b))
 
@@ -199,7 +212,7 @@ class Scheduler:
         """Until the whole study is finished: run what became claimable (confirms after tuning, retries of lost
         trials), else sleep `poll_s` while other workers run theirs."""
         idle = 0
-        while todo := self.pending():
+        while todo := self._pending():
             ran = False
             for job in todo:
                 if msg := self.do(job, None):
@@ -208,11 +221,26 @@ class Scheduler:
             if ran:
                 idle = 0
                 continue
-            idle = 0 if self._note_waiting() else idle + 1
+            try:
+                idle = 0 if self._note_waiting() else idle + 1
+            except Exception as e:
+                self._storage_down(e)
+                continue
             if idle > STUCK_POLLS:  # nobody holds a trial, yet the work stays undone: waiting would never end
                 left = ", ".join(map(str, todo))
                 raise StudyError(f"study {self.spec.name!r} is stuck: {left} cannot be claimed and no worker runs them")
             time.sleep(self.poll_s)
+
+    def _pending(self) -> list[Job]:
+        """`pending()`, riding out a storage outage: while unreachable, the work is unknown, not done."""
+        while True:
+            try:
+                todo = self.pending()
+            except Exception as e:
+                self._storage_down(e)
+                continue
+            self._down_since = None
+            return todo
 
     def _note_waiting(self) -> bool:
         """Say (once per change) which workers this one waits for: a stuck wait names its culprit. True if any."""

@@ -11,13 +11,11 @@ from __future__ import annotations
 import importlib.util
 import re
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 
@@ -33,8 +31,8 @@ SCHEMA_RACE_TRIES = 5  # workers starting together on a fresh database all try t
 
 @dataclass(frozen=True)
 class Liveness:
-    """How lost workers are found: RDB heartbeats every `heartbeat_interval` s, stale after `grace_period` s
-    (default twice the interval); a lost trial is retried up to `max_retry` times."""
+    """How lost workers are found (`slowai.study.lease`): a heartbeat every `heartbeat_interval` s, lost once it has
+    not changed for `grace_period` s (default twice the interval); a lost trial is retried up to `max_retry` times."""
 
     heartbeat_interval: int = 60
     grace_period: int | None = None
@@ -47,6 +45,10 @@ class Liveness:
             raise StudyError(
                 f"grace period ({self.grace_period} s) must exceed the heartbeat interval ({self.heartbeat_interval} s)"
             )
+
+    @property
+    def grace(self) -> float:
+        return self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
 
 
 def default_storage_path(out_dir: Path) -> Path:
@@ -106,7 +108,7 @@ def _looks_like_journal(path: Path) -> bool:
         return f.read(1) == b"{"
 
 
-def open_storage(url: str, liveness: Liveness | None = None) -> BaseStorage:
+def open_storage(url: str) -> BaseStorage:
     """An Optuna storage for a URL or journal file path; connection problems become one StudyError line, quickly."""
     url = normalize_url(url)
     check_storage_url(url)
@@ -114,7 +116,7 @@ def open_storage(url: str, liveness: Liveness | None = None) -> BaseStorage:
         if _scheme(url) in ("redis", "rediss"):
             return JournalStorage(JournalRedisBackend(url))
         if "://" in url:
-            return _rdb(url, liveness or Liveness())
+            return _rdb(url)
         path = Path(url).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
@@ -122,26 +124,19 @@ def open_storage(url: str, liveness: Liveness | None = None) -> BaseStorage:
         raise StudyError(f"cannot open storage {display_url(url)!r}: {_first_line(e)}") from None
 
 
-def _rdb(url: str, live: Liveness) -> RDBStorage:
-    """RDBStorage with heartbeats and a bounded connect time (pre-ping: a dropped connection is reopened)."""
+def _rdb(url: str) -> RDBStorage:
+    """RDBStorage with a bounded connect time (pre-ping: a dropped connection is reopened)."""
     kwargs: dict[str, Any] = {}
     if _scheme(url) in ("postgresql", "mysql", "mariadb"):
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     for attempt in range(1, SCHEMA_RACE_TRIES):
         try:
-            return _new_rdb(url, kwargs, live)
+            return RDBStorage(url, engine_kwargs=kwargs)
         except Exception as e:
             if not _lost_schema_race(e):
                 raise
             time.sleep(0.1 * attempt)  # another worker created the tables meanwhile: the next try finds them
-    return _new_rdb(url, kwargs, live)
-
-
-def _new_rdb(url: str, engine_kwargs: dict[str, Any], live: Liveness) -> RDBStorage:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        beats = {"heartbeat_interval": live.heartbeat_interval, "grace_period": live.grace_period}
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+    return RDBStorage(url, engine_kwargs=kwargs)
 
 
 def _lost_schema_race(e: BaseException) -> bool:

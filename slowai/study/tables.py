@@ -170,6 +170,8 @@ def notes(res: StudyResult) -> list[str]:
                 f"`{c.name}`: pairing seeds {how}: ±{100 * c.diff.half_width:.2f} paired vs "
                 f"±{100 * w.half_width:.2f} unpaired, same runs."
             )
+        if c.best is None and c.tune_counts:
+            out.append(unconfirmed(c))
         for t in c.diverged:
             out.append(
                 f"`{c.name}` seed {t.user_attrs.get('seed')} diverged ({t.user_attrs.get('stop_reason')}); it is "
@@ -190,3 +192,25 @@ def text(table: Table) -> str:
     rows = [table[0], *table[1]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def unconfirmed(c: CandidateResult) -> str:
+    """Why a candidate has no verdict: every tune trial was pruned or failed."""
+    counts = ", ".join(f"{n} {k}" for k, n in c.tune_counts.items())
+    return f"`{c.name}`: no tune trial completed ({counts}), so it was not confirmed and has no verdict."
+
+
+def failures(res: StudyResult) -> list[str]:
+    """One line per failed trial: what failed, why, and what happened next (retried, or failed for good)."""
+    lines = []
+    for c in res.candidates:
+        for t in sorted(c.failures, key=lambda t: (t.user_attrs.get("stage", ""), t.number)):
+            a = t.user_attrs
+            what = f"seed {a['seed']} (t{t.number})" if a.get("stage") == "confirm" and "seed" in a else f"t{t.number}"
+            then = "failed for good" if a.get("final") else "retried"
+            if a.get("failure") == "interrupted":
+                then = "left for the next run"
+            lines.append(
+                f"- `{c.name}` {a.get('stage', '')} {what}: {a.get('fail_reason', 'no reason recorded')}; {then}"
+            )
+    return lines

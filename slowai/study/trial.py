@@ -26,10 +26,12 @@ from slowai.data import DataLoaders
 from slowai.learner import DeviceCB, Learner
 from slowai.optim import create_optimizer
 from slowai.schedules import create_schedule
-from slowai.study import artifacts, claims
+from slowai.study import artifacts
 from slowai.study.callbacks import FiniteLossCB, NonFiniteLoss, PruningCB, TrialBarCB
 from slowai.study.data import describe_data
+from slowai.study.failures import reason
 from slowai.study.knobs import TrainConfig
+from slowai.study.lease import worker_id
 from slowai.study.spec import Candidate, StudySpec, json_safe
 from slowai.study.tracking import TrackedRun, Tracker, WandbCB
 from slowai.summary import Summary, summarize
@@ -71,11 +73,8 @@ class Outcome:
 
     @property
     def last_valid(self) -> float:
-        return (self.history[-1].get("valid_accuracy") if self.history else None) or float("nan")
-
-
-def reason(e: BaseException) -> str:
-    return "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        last = self.history[-1].get("valid_accuracy") if self.history else None
+        return float("nan") if last is None else last  # 0.0 is a result, not a missing one
 
 
 class TrialRunner:
@@ -192,7 +191,7 @@ class TrialRunner:
             "mflops": s.total_mflops,
             "epochs": ctx.epochs,
             "git_commit": self.commit,
-            "worker": claims.WORKER,
+            "worker": worker_id(),
         }
 
     def _start_run(self, ctx: TrialContext, attrs: dict[str, Any]) -> TrackedRun:
@@ -229,7 +228,13 @@ class TrialRunner:
         if out.state == "pruned":
             study.tell(trial, state=TrialState.PRUNED)
         else:
-            study.tell(trial, out.last_valid if stage == "tune" else out.test["accuracy"])
+            value = out.last_valid if stage == "tune" else out.test["accuracy"]
+            if not math.isfinite(value):  # Optuna would fail it silently, and a rerun would repeat it: say why, once
+                for k, v in {"fail_reason": f"non-finite result ({value})", "failure": "error", "final": True}.items():
+                    trial.set_user_attr(k, v)
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, value)
         run.summary(summary)
         run.finish(0)
 

@@ -1,0 +1,192 @@
+"""Chaos: three workers share one study while a driver SIGKILLs random workers at random moments, round after round,
+and (on PostgreSQL) restarts the database once mid-study; restarted workers finish it.
+
+The study must end exactly as if nothing had happened: the requested tune trials and confirm seeds per candidate,
+no duplicates, nothing left RUNNING or queued, and report rows equal to an undisturbed run of the same plan (tune
+trials are seeded by their slot and a retry keeps its hyperparameters and seed, so every number is reproducible).
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from slowai.study import main
+from slowai.study.claims import confirm_key, is_final
+from slowai.study.storage import open_storage, optuna_name
+from studies.digits import space
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_SCRIPT = ROOT / "scripts" / "postgres.sh"
+CANDS, TRIALS, SEEDS = ("residual", "plain"), 2, (0, 1, 2)
+PLAN = ["--quick", "--trials", str(TRIALS), "--seeds", str(len(SEEDS)), "--epochs", "3", "--subset", "1200"]
+PLAN += ["--pruner", "none", "--no-progress", "--wandb", "disabled", "--no-compile", "--no-channels-last"]
+LIVENESS = ["--heartbeat-interval", "1", "--grace-period", "3"]
+WORKERS, KILL_ROUNDS, DEADLINE_S = 3, 3, 150
+SAME = ("candidate", "seed", "test_accuracy", "test_loss", "best_valid_accuracy", "params", "mflops")
+
+
+def digits(args, out, log, **kw):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}  # one thread: bit-identical numbers
+    cmd = [sys.executable, "-m", "studies.digits", *PLAN, *LIVENESS, "--out", str(out), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, **kw)
+
+
+def report_rows(args, out):
+    """results.json rows (the confirm runs) of the study in `args`, rebuilt from its storage in this process."""
+    argv = [*PLAN, "--out", str(out), *args, "--report-only"]
+    assert main("digits", list(CANDS), argv, space=space, dataset="digits", reference="plain") == 0
+    rows = json.loads((out / "results.json").read_text())
+    keep = lambda r: {k: v for k, v in r.items() if k in SAME or k.startswith("hp_")}  # noqa: E731
+    return sorted((keep(r) for r in rows), key=lambda r: (r["candidate"], r["seed"]))
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory):
+    """The same plan, one worker, nobody killed: the rows every chaotic run must reproduce."""
+    out = tmp_path_factory.mktemp("undisturbed")
+    args = ["--study-name", "calm", "--storage", str(out / "optuna.journal")]
+    with open(out / "run.log", "w") as log:
+        assert digits(args, out, log).wait(timeout=180) == 0, (out / "run.log").read_text()[-3000:]
+    return report_rows(args, out)
+
+
+@pytest.fixture(scope="module")
+def own_postgres():
+    """A throwaway server of this module's own, so restarting it disturbs no other test: (url, its directory)."""
+    pg_dir = tempfile.mkdtemp(prefix="slowai-chaos-pg-")
+    r = subprocess.run(["bash", str(PG_SCRIPT), "--throwaway", pg_dir], capture_output=True, text=True, timeout=180)
+    if r.returncode:
+        subprocess.run(["bash", str(PG_SCRIPT), "--stop", pg_dir], capture_output=True, timeout=120)
+        if r.returncode == 3 and os.environ.get("CI") != "true":
+            pytest.skip("no PostgreSQL server binaries: install postgresql")
+        pytest.fail(f"could not start a throwaway PostgreSQL server: {r.stderr.strip()}", pytrace=False)
+    url = r.stdout.strip()
+    assert parse_qs(urlparse(url).query)["host"] == [pg_dir]
+    yield url, pg_dir
+    subprocess.run(["bash", str(PG_SCRIPT), "--stop", pg_dir], capture_output=True, timeout=120)
+
+
+def holders(storage, name):
+    """{pid: "candidate/stage tN"} of the workers holding a RUNNING trial of the study right now."""
+    out = {}
+    for cand in CANDS:
+        for stage in ("tune", "confirm"):
+            study_name = optuna_name(name, cand, stage)
+            try:
+                running = optuna.load_study(study_name=study_name, storage=storage).get_trials(
+                    deepcopy=False, states=(TrialState.RUNNING,)
+                )
+            except KeyError:  # not created yet
+                continue
+            for t in running:
+                pid = str(t.user_attrs.get("worker", "")).split(":")
+                if len(pid) == 3 and pid[1].isdigit():
+                    out[int(pid[1])] = f"{cand}/{stage} t{t.number}"
+    return out
+
+
+def unleash(url, name, out, rng, restart_db=None):
+    """Run WORKERS workers on the study; KILL_ROUNDS times, at a random moment, SIGKILL a random worker (one holding
+    a running trial, except in the last round) and start it again at once; restart the database after the second
+    kill; then let the workers finish. Returns what was done."""
+    logs = out / "logs"
+    logs.mkdir(parents=True)
+    args = ["--storage", url, "--study-name", name]
+
+    def start(i, gen):
+        log = open(logs / f"worker{i}.{gen}.log", "w")
+        return digits([*args, "--worker-id", str(i)], out / f"w{i}", log, start_new_session=True)
+
+    procs, gens, events = [start(i, 0) for i in range(WORKERS)], [0] * WORKERS, []
+    deadline = time.monotonic() + DEADLINE_S
+    for round_ in range(KILL_ROUNDS):
+        while not holders(storage := open_storage(url), name) and any(p.poll() is None for p in procs):
+            assert time.monotonic() < deadline, f"no trial running within {DEADLINE_S} s: {events}"
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 1.5))  # a random moment into the running trials
+        for i, p in enumerate(procs):  # a worker that gave up by itself (not killed) fails the test
+            assert p.poll() in (None, 0), f"worker {i} exited {p.returncode}:\n" + _tail(
+                logs / f"worker{i}.{gens[i]}.log"
+            )
+        alive = {p.pid: i for i, p in enumerate(procs) if p.poll() is None}
+        if not alive:
+            break
+        held = {pid: what for pid, what in holders(storage, name).items() if pid in alive}
+        last = round_ == KILL_ROUNDS - 1  # the last round hits any worker, whatever it is doing (idle, starting)
+        pid = rng.choice(sorted(held)) if held and not last else rng.choice(sorted(alive))
+        i = alive[pid]
+        os.killpg(pid, signal.SIGKILL)  # its whole process group: nothing of it survives
+        procs[i].wait()
+        gens[i] += 1
+        procs[i] = start(i, gens[i])
+        events.append(f"killed worker {i} holding {held.get(pid, 'nothing')}")
+        if restart_db and round_ == 1:
+            restart_db()
+            events.append("restarted PostgreSQL")
+    for i, p in enumerate(procs):
+        code = p.wait(timeout=max(deadline - time.monotonic(), 1))
+        assert code == 0, f"worker {i} exited {code} after {events}:\n" + _tail(logs / f"worker{i}.{gens[i]}.log")
+    return events
+
+
+def _tail(path, n=3000):
+    return path.read_text()[-n:]
+
+
+def assert_exactly_the_plan(url, name):
+    """Exactly the requested work, each piece once; returns how many trials lost their worker (and were retried)."""
+    storage, lost = open_storage(url), 0
+    for cand in CANDS:
+        tune, conf = (
+            optuna.load_study(study_name=optuna_name(name, cand, s), storage=storage).get_trials()
+            for s in ("tune", "confirm")
+        )
+        assert not [t for t in tune + conf if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        assert not [t for t in tune + conf if is_final(t)], "a lost worker's trial must be retried, not failed"
+        done = [t for t in tune if t.state == TrialState.COMPLETE]
+        assert sorted(t.user_attrs["slot"] for t in done) == list(range(TRIALS))  # each slot once
+        best = max(done, key=lambda t: t.value)
+        runs = [t for t in conf if t.state == TrialState.COMPLETE]
+        assert sorted(t.user_attrs["seed"] for t in runs) == list(SEEDS)  # each seed once: no duplicates
+        assert {t.user_attrs["params_key"] for t in runs} == {confirm_key(best.params)}
+        for t in tune + conf:
+            if t.state == TrialState.FAIL and not t.user_attrs.get("fail_reason", "").startswith("surplus"):
+                retries = [r for r in tune + conf if r.user_attrs.get("retry_of") == t.number]
+                assert len(retries) == 1 and retries[0].params == t.params, t.user_attrs.get("fail_reason")
+                for kept in ("slot", "seed"):  # a tune run's seed follows from its slot
+                    assert kept not in t.user_attrs or retries[0].user_attrs[kept] == t.user_attrs[kept]
+                lost += "lost" in t.user_attrs["fail_reason"] or "died" in t.user_attrs["fail_reason"]
+    return lost
+
+
+@pytest.mark.slow
+def test_chaos_on_the_journal(tmp_path, undisturbed):
+    url = str(tmp_path / "optuna.journal")
+    events = unleash(url, "chaos", tmp_path, random.Random(1))
+    assert assert_exactly_the_plan(url, "chaos") >= 2, events  # the kills did hit running trials
+    assert report_rows(["--study-name", "chaos", "--storage", url], tmp_path / "report") == undisturbed
+
+
+@pytest.mark.slow
+def test_chaos_on_postgres_with_a_database_restart(tmp_path, undisturbed, own_postgres):
+    url, pg_dir = own_postgres
+
+    def restart_db():
+        r = subprocess.run(["bash", str(PG_SCRIPT), "--restart", pg_dir, "2"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+    events = unleash(url, "chaos", tmp_path, random.Random(2), restart_db)
+    assert "restarted PostgreSQL" in events, events
+    assert assert_exactly_the_plan(url, "chaos") >= 2, events
+    assert report_rows(["--study-name", "chaos", "--storage", url], tmp_path / "report") == undisturbed
