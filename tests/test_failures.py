@@ -209,3 +209,12 @@ def test_zero_validation_accuracy_is_a_result_not_a_failure():
     """A tune trial that scores 0.0 completes with 0.0 (it used to be told as NaN, which Optuna fails silently)."""
     assert Outcome([{"epoch": 0, "valid_accuracy": 0.0}], 0.1, 0.1).last_valid == 0.0
     assert math.isnan(Outcome([{"epoch": 0, "valid_accuracy": None}], 0.1, 0.1).last_valid)
+
+
+def test_a_study_another_worker_is_still_creating_is_not_mistaken_for_an_old_one(tmp_path):
+    """A worker starting while another writes a new study's attrs (one by one) sees it as new, not as broken."""
+    storage = open_storage(str(tmp_path / "optuna.journal"))
+    tune = optuna.create_study(study_name=optuna_name("racing", "plain", "tune"), storage=storage)
+    tune.set_user_attr("dataset", "digits")  # all its creator has written so far
+    res = run_study(spec(tmp_path, "racing", candidates=["plain"]), budget=TINY.with_(seeds=1), log=lambda m: None)
+    assert len(res.candidates[0].runs) == 1

@@ -36,7 +36,8 @@ def fingerprint(
 
 
 def stored_attrs(storage: Any, spec: StudySpec) -> dict[str, dict[str, Any]]:
-    """User attrs of each candidate's existing tune study (empty for a new study or a new candidate)."""
+    """User attrs of each candidate's existing tune study (none for a new study, a new candidate, or a study whose
+    attrs another worker is writing at this moment: they are written one by one)."""
     if storage is None:
         return {}
     names = st.existing_names(storage)
@@ -44,7 +45,9 @@ def stored_attrs(storage: Any, spec: StudySpec) -> dict[str, dict[str, Any]]:
     for c in spec.candidates:
         name = st.optuna_name(spec.name, c.name, "tune")
         if name in names:
-            out[c.name] = optuna.load_study(study_name=name, storage=storage).user_attrs
+            attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+            if "budget" in attrs:  # else another worker is creating it right now: nothing stored yet
+                out[c.name] = attrs
     return out
 
 
