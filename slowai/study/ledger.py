@@ -116,21 +116,16 @@ class Ledger:
     def seeds(self) -> list[int]:
         return confirm_seeds(self.spec, self.budget)
 
-    def confirm_accuracies(self, candidate: str) -> dict[int, float]:
-        """{seed: test accuracy} of the finished confirm runs with the current best hyperparameters."""
+    def confirm_state(self, candidate: str) -> tuple[dict[int, float], set[int]] | None:
+        """({seed: test accuracy} of the finished confirm runs, seeds failed for good), both with the current best
+        hyperparameters, from one read of each study; None while no tune trial has completed."""
         best = self.best_params(candidate)
         if best is None:
-            return {}
+            return None
         key, conf = claims.confirm_key(best), self.study(candidate, "confirm")
         done = conf.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return {int(t.user_attrs["seed"]): float(t.value) for t in done if t.user_attrs.get("params_key") == key}
-
-    def confirm_failed(self, candidate: str) -> set[int]:
-        """Seeds whose confirm run with the current best hyperparameters failed for good (not run again)."""
-        best = self.best_params(candidate)
-        if best is None:
-            return set()
-        return claims.confirm_failed(self.study(candidate, "confirm"), claims.confirm_key(best))
+        accs = {int(t.user_attrs["seed"]): float(t.value) for t in done if t.user_attrs.get("params_key") == key}
+        return accs, claims.confirm_failed(conf, key)
 
     def held_by(self) -> set[str]:
         """Workers holding a running or queued trial in any study this process has opened."""

@@ -23,8 +23,6 @@ Creating `<study>/plan` itself can race (two creators: DuplicatedStudyError for 
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +35,7 @@ from optuna.trial import TrialState
 
 from slowai.study import plan as planning
 from slowai.study import storage as st
+from slowai.study.lease import worker_id
 from slowai.study.spec import Budget
 
 KIND = "plan"
@@ -57,7 +56,7 @@ class PlanRecord:
     throughput: dict[str, dict[str, float]]  # candidate -> train_ips, eval_ips (eager) on the writer's machine
     estimate_s: float  # the first look's work, as planned
     per_round_s: float  # each further sequential round
-    writer: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")  # host:pid
+    writer: str = field(default_factory=worker_id)  # the proposing worker's id
     written_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells a proposer its own trial apart
     number: int = -1  # the trial holding it (lowest wins)

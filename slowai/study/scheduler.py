@@ -161,14 +161,12 @@ class Scheduler:
         without a completed run."""
         tuning = [c.name for c in self.spec.candidates if not self._tuned(c.name)]
         jobs = [Job("tune", name) for name in tuning]
-        tuned = [
-            c.name for c in self.spec.candidates if c.name not in tuning and self.ledger.best_params(c.name) is not None
-        ]
-        accs = {name: self.ledger.confirm_accuracies(name) for name in tuned}
+        states = {c.name: self.ledger.confirm_state(c.name) for c in self.spec.candidates if c.name not in tuning}
+        accs = {name: state[0] for name, state in states.items() if state is not None}  # None: nothing to confirm
         need = self._seeds_needed(accs) if not tuning else {}
         for name, done in accs.items():
             wanted = confirm_seeds(self.spec, self.budget, need.get(name, self.budget.seeds))
-            failed = self.ledger.confirm_failed(name)
+            failed = states[name][1]
             jobs += [Job("confirm", name, seed=s) for s in wanted if s not in done and s not in failed]
         return jobs
 
