@@ -237,6 +237,22 @@ def test_a_compiled_module_is_reused_with_each_new_trials_seeded_weights():
     assert all(torch.equal(a, b) for a, b in zip(reused.state_dict().values(), second.state_dict().values()))
 
 
+def test_the_estimate_counts_channels_last_as_measured_on_cpu_and_not_on_a_gpu():
+    from slowai import accel
+    from slowai.study import speed
+
+    s = spec(Path("unused"), candidates=["plain"])
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    cl = accel.CHANNELS_LAST_SPEEDUP["plain"]
+    assert speed.speedups(s, {"plain": ["channels_last"]}, cpu) == {"plain": (cl, 0.0)}
+    assert speed.speedups(s, {"plain": ["channels_last"]}, gpu) == {"plain": (1.0, 0.0)}  # not measured there
+    factor, once = speed.speedups(s, {"plain": ["channels_last", "compile"]}, cpu)["plain"]
+    assert factor == pytest.approx(cl * accel.COMPILE_SPEEDUP["plain"])  # compile's gain is over channels-last's
+    assert once == accel.COMPILE_COST_S["cold"]
+    other = spec(Path("unused"), candidates=["conv"])
+    assert speed.speedups(other, {"conv": []}, cpu) == {"conv": (1.0, 0.0)}
+
+
 def test_speed_ups_are_chosen_by_rule_kept_on_resume_and_overridden_by_flags():
     from slowai.study import speed
     from slowai.study.plan import DataSizes, Throughput

@@ -53,7 +53,7 @@ class Planning:
         accel = speed.decide(self.spec, budget, sizes, self.throughput, self.device, before, self.log)
         done = done_counts(self.spec, self.storage, budget)
         todo = {k: (max(budget.trials - t, 0), max(budget.seeds - c, 0)) for k, (t, c) in done.items()}
-        ups = speed.speedups(self.spec, accel)
+        ups = speed.speedups(self.spec, accel, self.device)
         est = planning.estimate(budget, sizes, self.throughput, self.spec.pruner, todo, ups)
         self.plan = planning.Plan(
             budget, sizes, self.throughput, est, done, fits, self.time_budget_s, self.device, self.shown_url, accel

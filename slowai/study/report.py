@@ -212,8 +212,8 @@ def write_report(
     parts += [
         "## Trained models",
         "Each confirm run's final weights are in `artifacts/` (Optuna's artifact store, linked to their trials):\n\n"
-        f"```python\nimport slowai\n\nmodel = slowai.load_model({str(out)!r}, {res.reference!r})  # best valid acc"
-        f"\nmodel = slowai.load_model({str(out)!r}, {res.reference!r}, seed=0)\n```",
+        f"```python\nimport slowai\n\nmodel = slowai.load_model({_py(out)}, {_py(res.reference)})  # best valid acc"
+        f"\nmodel = slowai.load_model({_py(out)}, {_py(res.reference)}, seed=0)\n```",
         "## Where the trials are",
         f"```\n{st.cli_hint(res.storage_url)}\n"
         f"optuna trials --study-name '{st.optuna_name(res.name, res.reference, 'tune')}' "
@@ -252,3 +252,8 @@ def _data_text(res: StudyResult) -> str:
 
 def _counts(c: CandidateResult) -> str:
     return ", ".join(f"{n} {k}" for k, n in c.tune_counts.items()) or "no trials"
+
+
+def _py(value: object) -> str:
+    """A double-quoted Python string literal, as ruff formats code blocks in the Markdown a user may commit."""
+    return json.dumps(str(value))
