@@ -6,13 +6,7 @@ import math
 import sys
 import time
 import warnings
-from typing import Any
-
-from fastprogress.fastprogress import master_bar, progress_bar
-
-with warnings.catch_warnings():  # torcheval's import calls the deprecated torch.jit.script
-    warnings.simplefilter("ignore", FutureWarning)
-    from torcheval.metrics import Mean, Metric, MulticlassAccuracy
+from typing import TYPE_CHECKING, Any
 
 from slowai.core import Callback, CancelFitException
 from slowai.learner import Learner
@@ -20,6 +14,9 @@ from slowai.schedules import MultiStepCB as MultiStepCB  # re-exported: the sche
 from slowai.schedules import OneCycleCB as OneCycleCB
 from slowai.schedules import ScheduleCB
 from slowai.utils import in_notebook
+
+if TYPE_CHECKING:
+    from torcheval.metrics import Metric
 
 
 class MetricsCB(Callback):
@@ -32,8 +29,9 @@ class MetricsCB(Callback):
     order = 0
 
     def __init__(self, **metrics: Metric) -> None:
-        self.metrics: dict[str, Metric] = metrics or {"accuracy": MulticlassAccuracy()}
-        self.loss = Mean()
+        tm = _torcheval_metrics()
+        self.metrics: dict[str, Metric] = metrics or {"accuracy": tm.MulticlassAccuracy()}
+        self.loss = tm.Mean()
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, Any] = {}
 
@@ -99,6 +97,8 @@ class ProgressCB(Callback):
         self.metrics = self.learn.cb(MetricsCB)
         self.mbar = None
         if self.bars if self.bars is not None else _use_bars():
+            from fastprogress.fastprogress import master_bar  # imported here: it pulls in a web framework
+
             self.learn.epochs = self.mbar = master_bar(self.learn.epochs)
         self.first = True
 
@@ -119,12 +119,23 @@ class ProgressCB(Callback):
 
     def before_epoch(self) -> None:
         if self.mbar is not None:
+            from fastprogress.fastprogress import progress_bar
+
             self.learn.dl = self.pb = progress_bar(self.learn.dl, leave=False, parent=self.mbar)
 
     def after_batch(self) -> None:
         # The live loss costs a host sync, so it is read only every `loss_every` batches.
         if self.mbar is not None and self.learn.training and self.learn.iter % self.loss_every == 0:
             self.pb.comment = f"{self.learn.loss.item():.3f}"
+
+
+def _torcheval_metrics() -> Any:
+    """torcheval.metrics, imported on first use: its package loads every metric (image ones too), ~1 s."""
+    with warnings.catch_warnings():  # torcheval's import calls the deprecated torch.jit.script
+        warnings.simplefilter("ignore", FutureWarning)
+        import torcheval.metrics
+
+    return torcheval.metrics
 
 
 def _momentum(group: dict[str, Any]) -> float:

@@ -6,12 +6,26 @@ the decision rules that combine them into verdicts live in `slowai.study.verdict
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
+
+
+class _Lazy:
+    """A module imported on its first use: scipy.stats takes ~1 s, which every worker's start would otherwise pay."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+stats, optimize = _Lazy("scipy.stats"), _Lazy("scipy.optimize")
 
 ALPHA = 0.05  # family-wise error rate of every family of claims
 POWER = 0.8  # power at which the minimum detectable effect is quoted
