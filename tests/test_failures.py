@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from slowai.core import Callback
 from slowai.study import Budget, StudySpec, run_study
-from slowai.study.claims import close, retry, trial_id
+from slowai.study.claims import close, retry, slot_duplicate, trial_id, tune_slot
 from slowai.study.lease import Heartbeat, Watch, worker_id
 from slowai.study.storage import Liveness, open_storage, optuna_name
 from slowai.study.trial import Outcome
@@ -128,6 +128,28 @@ def declare_lost_by_a_neighbour(ctx):
                 retry(study, storage.get_trial(tid), max_retry=3)
 
     return Neighbour()
+
+
+def test_two_tune_trials_asked_the_same_moment_take_different_slots():
+    study = optuna.create_study(direction="maximize")
+    first, second = study.ask(), study.ask()  # two workers asked before either wrote its slot (found by test_chaos)
+    assert tune_slot(study, second, wanted=2) == 1  # the later trial leaves slot 0 to the earlier one
+    assert tune_slot(study, first, wanted=2) == 0
+    assert tune_slot(study, study.ask(), wanted=2) is None  # both slots are claimed: a third is surplus
+
+
+def test_a_retry_steps_back_when_a_new_trial_took_its_slot_first():
+    study = optuna.create_study(direction="maximize")
+    lost = study.ask()
+    lost.set_user_attr("slot", 0)
+    study.tell(lost, state=TrialState.FAIL)  # declared lost; its retry is not queued yet
+    new = study.ask()
+    assert tune_slot(study, new, wanted=2) == 0  # in that moment slot 0 looks free
+    new.set_user_attr("slot", 0)
+    retry(study, study.trials[lost.number], max_retry=3)
+    again = study.ask()
+    assert again.user_attrs["slot"] == 0 and slot_duplicate(study, again, 0)  # the later trial gives way
+    assert not slot_duplicate(study, new, 0)
 
 
 def test_a_late_result_is_dropped_and_the_worker_carries_on(tmp_path):

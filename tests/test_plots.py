@@ -6,7 +6,14 @@ import optuna
 import pytest
 
 from slowai.study import storage as st
-from slowai.study.plots import MIN_IMPORTANCE_TRIALS, _plot_cost, _pyplot, make_plots
+from slowai.study.plots import (
+    MIN_IMPORTANCE_TRIALS,
+    _plot_cost,
+    _pyplot,
+    make_plots,
+    plot_epoch_effects,
+    plot_expected_max,
+)
 from slowai.study.results import CandidateResult, StudyResult
 from slowai.study.stats import mean_ci
 
@@ -100,7 +107,7 @@ def test_one_history_plot_for_all_candidates(plotted):
 def test_time_axis_ticks_distinguish_close_values():
     plt = _pyplot()
     res = _result({"a": 0, "b": 0, "c": 0}, with_extras=False)  # wall times 1.2, 1.4, 1.6 s
-    fig = _plot_cost(res, plt)
+    fig = _plot_cost(res, plt, {c.name: "C0" for c in res.candidates})
     try:
         fig.canvas.draw()
         ax = fig.axes[1]
@@ -110,3 +117,22 @@ def test_time_axis_ticks_distinguish_close_values():
         assert {"1.2", "1.4", "1.6"} <= set(labels), labels
     finally:
         plt.close(fig)
+
+
+def test_a_candidate_has_one_colour_in_every_plot():
+    from matplotlib.colors import to_hex
+
+    plt = _pyplot()
+    res = _result({"plain": 2, "residual": 2, "wide": 2})
+    colors = {"plain": "C0", "residual": "C1", "wide": "C2"}
+    hexes = {name: to_hex(c) for name, c in colors.items()}
+    effects = plot_epoch_effects(res.epoch_effects, plt, colors).axes[0]
+    best = plot_expected_max(res.expected_max, plt, colors).axes[0]
+    cost = _plot_cost(res, plt, colors).axes[0]
+    assert {ln.get_label(): to_hex(ln.get_color()) for ln in effects.get_lines() if "−" in ln.get_label()} == {
+        "residual − plain": hexes["residual"],  # a comparison takes its candidate's colour, not the reference's
+        "wide − plain": hexes["wide"],
+    }
+    assert {ln.get_label(): to_hex(ln.get_color()) for ln in best.get_lines()} == hexes
+    assert {c.get_label(): to_hex(c.lines[0].get_color()) for c in cost.containers} == hexes
+    plt.close("all")

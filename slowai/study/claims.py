@@ -161,17 +161,29 @@ def tune_slot(study: optuna.Study, trial: optuna.Trial, wanted: int) -> int | No
     """After `ask`: the tune slot this trial fills (a retry keeps its own), or None if earlier trials (finished,
     running, queued retries) already fill the budget.
 
-    Counting then asking is not atomic across workers; trial numbers are, so the later trial steps back. The slot,
-    not the trial number, seeds the run and its sampler: a study whose workers were killed and restarted draws the
-    same trials as one that ran undisturbed.
+    Counting then asking is not atomic across workers; trial numbers are, so the later trial steps back. Earlier
+    trials that hold no slot yet (asked the same moment by another worker) take the free slots first, in number
+    order, so two trials asked together never pick the same one. The slot, not the trial number, seeds the run and
+    its sampler: a study whose workers were killed and restarted draws the same trials as one that ran undisturbed.
     """
     if "slot" in trial.user_attrs:
         return int(trial.user_attrs["slot"])
     earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
     if slots(earlier, CLAIMED) >= wanted:
         return None
-    taken = {t.user_attrs.get("slot") for t in earlier if t.state in CLAIMED or is_final(t)}
-    return min(set(range(wanted)) - taken)
+    claimed = [t for t in earlier if t.state in CLAIMED or is_final(t)]
+    free = sorted(set(range(wanted)) - {t.user_attrs.get("slot") for t in claimed})
+    choosing = sum("slot" not in t.user_attrs for t in claimed)
+    return free[choosing] if choosing < len(free) else None
+
+
+def slot_duplicate(study: optuna.Study, trial: optuna.Trial, slot: int) -> bool:
+    """Does an earlier live trial hold this slot? (A new trial can take a lost one's slot in the moment between its
+    FAIL and its queued retry; the retry, numbered later, then steps back.)"""
+    return any(
+        t.number < trial.number and t.user_attrs.get("slot") == slot and (t.state in CLAIMED or is_final(t))
+        for t in study.get_trials(deepcopy=False)
+    )
 
 
 def mark_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:

@@ -25,11 +25,12 @@ def make_plots(res: StudyResult, out: Path) -> tuple[list[Path], list[str]]:
     """Every plot the report embeds, plus notes on plots skipped for lack of data, so the report says why a plot is
     missing instead of failing or showing a meaningless one."""
     plt = _pyplot()
+    colors = {c.name: f"C{i}" for i, c in enumerate(res.candidates)}  # one colour per candidate in every plot
     figs: dict[str, Callable[[], Any]] = {
-        "cost": lambda: _plot_cost(res, plt),
+        "cost": lambda: _plot_cost(res, plt, colors),
         "curves": lambda: _plot_curves(res, plt),
-        "epoch_effects": lambda: plot_epoch_effects(res.epoch_effects, plt),
-        "expected_max": lambda: plot_expected_max(res.expected_max, plt),
+        "epoch_effects": lambda: plot_epoch_effects(res.epoch_effects, plt, colors),
+        "expected_max": lambda: plot_expected_max(res.expected_max, plt, colors),
     }
     paths = [_save(fig, out / f"{name}.png", plt) for name, draw in figs.items() if (fig := draw()) is not None]
     studies = _tune_studies(res)
@@ -120,7 +121,7 @@ def _set_x_scale(ax: Any, xs: Sequence[float]) -> None:
     ax.xaxis.set_major_formatter(_plain_formatter())
 
 
-def _plot_cost(res: StudyResult, plt: Any) -> Any:
+def _plot_cost(res: StudyResult, plt: Any, colors: Mapping[str, str]) -> Any:
     done = [c for c in res.candidates if c.acc is not None]
     if not done:
         return None
@@ -130,7 +131,7 @@ def _plot_cost(res: StudyResult, plt: Any) -> Any:
     ):
         for c, x in zip(done, xs):
             err = 0 if math.isnan(c.acc.half_width) else 100 * c.acc.half_width
-            ax.errorbar(x, 100 * c.acc.mean, yerr=err, fmt="o", capsize=4, label=c.name)
+            ax.errorbar(x, 100 * c.acc.mean, yerr=err, fmt="o", capsize=4, label=c.name, color=colors[c.name])
             ax.annotate(c.name, (x, 100 * c.acc.mean), textcoords="offset points", xytext=(6, 6))
         ax.set(xlabel=xlabel, ylabel="test accuracy % (95% CI)")
         _set_x_scale(ax, xs)
@@ -163,9 +164,12 @@ def _plot_curves(res: StudyResult, plt: Any) -> Any:
     return fig
 
 
-def plot_epoch_effects(effects: Mapping[str, Sequence[Mapping[str, float]]], plt: Any) -> Any:
+def plot_epoch_effects(
+    effects: Mapping[str, Sequence[Mapping[str, float]]], plt: Any, colors: Mapping[str, str] | None = None
+) -> Any:
     """Paired Δ valid accuracy per epoch with its CI band: shows whether a difference is there from the start or
-    only appears (or vanishes) late in training. None when there is nothing to compare."""
+    only appears (or vanishes) late in training. None when there is nothing to compare. `colors` maps candidate
+    names to colours; a comparison "a − b" is drawn in a's."""
     from matplotlib import ticker
 
     if max((int(r["epoch"]) for rows in effects.values() for r in rows), default=0) < 2:
@@ -174,7 +178,8 @@ def plot_epoch_effects(effects: Mapping[str, Sequence[Mapping[str, float]]], plt
     for label, all_rows in effects.items():
         rows = [r for r in all_rows if int(r["epoch"]) >= 1]  # epoch 0 is the curve's area, in the table only
         x = [int(r["epoch"]) for r in rows]
-        (line,) = ax.plot(x, [100 * r["delta"] for r in rows], "o-", label=label)
+        color = (colors or {}).get(label.split(" − ")[0])
+        (line,) = ax.plot(x, [100 * r["delta"] for r in rows], "o-", label=label, color=color)
         lo, hi = [100 * _nan(r.get("lo")) for r in rows], [100 * _nan(r.get("hi")) for r in rows]
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.axhline(0, color="black", linewidth=0.8)
@@ -189,7 +194,7 @@ def _nan(v: float | None) -> float:
     return math.nan if v is None else float(v)
 
 
-def plot_expected_max(curves: Mapping[str, Sequence[float]], plt: Any) -> Any:
+def plot_expected_max(curves: Mapping[str, Sequence[float]], plt: Any, colors: Mapping[str, str] | None = None) -> Any:
     """Expected best valid accuracy after k tuning trials: compares candidates at equal tuning budget, so one that
     only won because it got more trials shows it. None when there are no curves."""
     from matplotlib import ticker
@@ -198,7 +203,9 @@ def plot_expected_max(curves: Mapping[str, Sequence[float]], plt: Any) -> Any:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), [100 * y for y in ys], "o-", markersize=3, label=name)
+        ax.plot(
+            range(1, len(ys) + 1), [100 * y for y in ys], "o-", markersize=3, label=name, color=(colors or {}).get(name)
+        )
     ax.set(
         xlabel="tuning trials k",
         ylabel="expected best valid accuracy %",

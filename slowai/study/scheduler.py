@@ -87,6 +87,9 @@ class Scheduler:
                 claims.mark_failed(study, trial, "surplus: another worker claimed the last trial")
                 return None
             trial.set_user_attr("slot", slot)
+            if claims.slot_duplicate(study, trial, slot):
+                claims.mark_failed(study, trial, f"surplus: an earlier trial holds tune slot {slot}")
+                return None
             study.sampler = self.ledger.sampler(cand.name, "tune", slot)
             seed = TUNE_SEED_BASE + slot
             out: Outcome = self.run_one(cand, "tune", study, trial, seed, bar)
