@@ -119,6 +119,21 @@ def test_time_axis_ticks_distinguish_close_values():
         plt.close(fig)
 
 
+def test_parameter_axis_labels_are_short_enough_not_to_overlap():
+    plt = _pyplot()
+    res = _result({"plain": 0, "timm": 0}, with_extras=False)
+    res.candidates[0].params, res.candidates[1].params = 309_012, 11_175_370  # the default study's span
+    fig = _plot_cost(res, plt, {c.name: "C0" for c in res.candidates})
+    try:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
+        assert labels == ["500k", "1M", "2M", "5M", "10M"], labels  # not "500,0001,000,000..."
+    finally:
+        plt.close(fig)
+
+
 def test_a_candidate_has_one_colour_in_every_plot():
     from matplotlib.colors import to_hex
 

@@ -80,7 +80,8 @@ def _tune_studies(res: StudyResult) -> dict[str, optuna.Study]:
 
 
 def _plain_formatter() -> Any:
-    """Plain numbers ("1.4", "200,000", not "2 × 10^2") with just enough decimals to tell the ticks apart."""
+    """Plain numbers ("1.4", "8,000", "200k", "11M", not "2 × 10^5") with just enough decimals to tell the ticks
+    apart; thousands and millions are shortened so a parameter axis's labels do not run into each other."""
     from matplotlib import ticker
 
     class Plain(ticker.Formatter):
@@ -91,6 +92,9 @@ def _plain_formatter() -> Any:
             self.digits = _decimals([x for x in locs if lo <= x <= hi] or locs)  # ticks drawn, not the ones past
 
         def __call__(self, x: float, pos: int | None = None) -> str:
+            for at, unit, suffix in ((1e6, 1e6, "M"), (1e4, 1e3, "k")):
+                if abs(x) >= at:
+                    return f"{x / unit:g}{suffix}"
             return f"{x:,.{self.digits}f}"
 
     return Plain()
