@@ -104,34 +104,30 @@ def test_one_history_plot_for_all_candidates(plotted):
     assert (out / "optuna_history.png").stat().st_size > 0
 
 
-def test_time_axis_ticks_distinguish_close_values():
+def _cost_tick_labels(res: StudyResult, axis: int) -> list[str]:
+    """The x tick labels drawn inside the view of the cost plot's panel `axis` (0: parameters, 1: wall time)."""
     plt = _pyplot()
-    res = _result({"a": 0, "b": 0, "c": 0}, with_extras=False)  # wall times 1.2, 1.4, 1.6 s
     fig = _plot_cost(res, plt, {c.name: "C0" for c in res.candidates})
     try:
         fig.canvas.draw()
-        ax = fig.axes[1]
+        ax = fig.axes[axis]
         lo, hi = ax.get_xlim()
-        labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
-        assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
-        assert {"1.2", "1.4", "1.6"} <= set(labels), labels
+        return [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
     finally:
         plt.close(fig)
+
+
+def test_time_axis_ticks_distinguish_close_values():
+    labels = _cost_tick_labels(_result({"a": 0, "b": 0, "c": 0}, with_extras=False), 1)  # 1.2, 1.4, 1.6 s
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    assert {"1.2", "1.4", "1.6"} <= set(labels), labels
 
 
 def test_parameter_axis_labels_are_short_enough_not_to_overlap():
-    plt = _pyplot()
     res = _result({"plain": 0, "timm": 0}, with_extras=False)
     res.candidates[0].params, res.candidates[1].params = 309_012, 11_175_370  # the default study's span
-    fig = _plot_cost(res, plt, {c.name: "C0" for c in res.candidates})
-    try:
-        fig.canvas.draw()
-        ax = fig.axes[0]
-        lo, hi = ax.get_xlim()
-        labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
-        assert labels == ["500k", "1M", "2M", "5M", "10M"], labels  # not "500,0001,000,000..."
-    finally:
-        plt.close(fig)
+    labels = _cost_tick_labels(res, 0)
+    assert labels == ["500k", "1M", "2M", "5M", "10M"], labels  # not "500,0001,000,000..."
 
 
 def test_a_candidate_has_one_colour_in_every_plot():
