@@ -110,20 +110,29 @@ def unleash(url, name, out, rng, restart_db=None):
 
     procs, gens, events = [start(i, 0) for i in range(WORKERS)], [0] * WORKERS, []
     deadline = time.monotonic() + DEADLINE_S
-    for round_ in range(KILL_ROUNDS):
-        while not holders(storage := open_storage(url), name) and any(p.poll() is None for p in procs):
-            assert time.monotonic() < deadline, f"no trial running within {DEADLINE_S} s: {events}"
-            time.sleep(0.1)
-        time.sleep(rng.uniform(0.0, 1.5))  # a random moment into the running trials
+
+    def held_now():
+        """(alive workers, what each live worker holds); checks that no worker gave up by itself."""
         for i, p in enumerate(procs):  # a worker that gave up by itself (not killed) fails the test
             assert p.poll() in (None, 0), f"worker {i} exited {p.returncode}:\n" + _tail(
                 logs / f"worker{i}.{gens[i]}.log"
             )
         alive = {p.pid: i for i, p in enumerate(procs) if p.poll() is None}
+        return alive, {pid: what for pid, what in holders(open_storage(url), name).items() if pid in alive}
+
+    for round_ in range(KILL_ROUNDS):
+        last = round_ == KILL_ROUNDS - 1  # the last round hits any worker, whatever it is doing (idle, starting)
+        while True:  # a live worker holding a trial, a random moment into it (a dead one's trial does not count)
+            alive, held = held_now()
+            if held:
+                time.sleep(rng.uniform(0.0, 1.5))
+                alive, held = held_now()
+            if held or last or not alive:
+                break
+            assert time.monotonic() < deadline, f"no live worker held a trial within {DEADLINE_S} s: {events}"
+            time.sleep(0.1)
         if not alive:
             break
-        held = {pid: what for pid, what in holders(storage, name).items() if pid in alive}
-        last = round_ == KILL_ROUNDS - 1  # the last round hits any worker, whatever it is doing (idle, starting)
         pid = rng.choice(sorted(held)) if held and not last else rng.choice(sorted(alive))
         i = alive[pid]
         os.killpg(pid, signal.SIGKILL)  # its whole process group: nothing of it survives
