@@ -194,14 +194,14 @@ class CompileCB(_AccelCB):
 
 
 # ----------------------------------------------------------------------------------------------- when to use them
-# What compile adds on top of channels-last (which studies turn on for every conv net), measured on the 2-core CPU
-# with benchmarks/cpu_speed.py (bs 512, Fashion-MNIST, AdamW + one-cycle, interleaved rounds; benchmarks/README.md):
-# img/s of compile + channels-last over channels-last alone. timm/resnet18 is slower compiled: compile never pays
-# for it, nor (conservatively) for a model not measured here; `--compile` still forces it.
 # Channels-last over eager on the 2-core CPU, for the time estimate (the decision is `channels_last_pays`): median
 # epochs of benchmarks/cpu_speed.py; timm/resnet18 trained 1.43x its eager probe in the default study on a quiet
 # machine. A model not measured here gets the smallest; on CUDA it is not measured, so the estimate leaves it out.
 CHANNELS_LAST_SPEEDUP = {"conv": 1.15, "plain": 1.25, "residual": 1.26, "timm/resnet18": 1.4}
+# What compile adds on top of channels-last (which studies turn on for every conv net), measured on the 2-core CPU
+# with benchmarks/cpu_speed.py (bs 512, Fashion-MNIST, AdamW + one-cycle, interleaved rounds; benchmarks/README.md):
+# img/s of compile + channels-last over channels-last alone. timm/resnet18 is slower compiled: compile never pays
+# for it, nor (conservatively) for a model not measured here; `--compile` still forces it.
 COMPILE_SPEEDUP = {"conv": 1.39, "plain": 1.22, "residual": 1.17, "timm/resnet18": 0.9}
 # What compiling costs one process (residual: train + eval graph, one epoch of 10k images in a new process): into
 # an empty cache dir, and from one that already holds the graphs. Later fits in the same process reuse the graphs.

@@ -171,7 +171,7 @@ def tune_slot(study: optuna.Study, trial: optuna.Trial, wanted: int) -> int | No
     earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
     if slots(earlier, CLAIMED) >= wanted:
         return None
-    claimed = [t for t in earlier if t.state in CLAIMED or is_final(t)]
+    claimed = [t for t in earlier if _occupies(t)]
     free = sorted(set(range(wanted)) - {t.user_attrs.get("slot") for t in claimed})
     choosing = sum("slot" not in t.user_attrs for t in claimed)
     return free[choosing] if choosing < len(free) else None
@@ -181,9 +181,14 @@ def slot_duplicate(study: optuna.Study, trial: optuna.Trial, slot: int) -> bool:
     """Does an earlier live trial hold this slot? (A new trial can take a lost one's slot in the moment between its
     FAIL and its queued retry; the retry, numbered later, then steps back.)"""
     return any(
-        t.number < trial.number and t.user_attrs.get("slot") == slot and (t.state in CLAIMED or is_final(t))
+        t.number < trial.number and t.user_attrs.get("slot") == slot and _occupies(t)
         for t in study.get_trials(deepcopy=False)
     )
+
+
+def _occupies(t: FrozenTrial) -> bool:
+    """Running, queued, finished or failed for good: the trial's slot is not free for another."""
+    return t.state in CLAIMED or is_final(t)
 
 
 def mark_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:

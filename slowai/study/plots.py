@@ -176,13 +176,14 @@ def plot_epoch_effects(
     names to colours; a comparison "a − b" is drawn in a's."""
     from matplotlib import ticker
 
+    colors = colors or {}
     if max((int(r["epoch"]) for rows in effects.values() for r in rows), default=0) < 2:
         return None  # one epoch is a point, not a curve: the report's table has it
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, all_rows in effects.items():
         rows = [r for r in all_rows if int(r["epoch"]) >= 1]  # epoch 0 is the curve's area, in the table only
         x = [int(r["epoch"]) for r in rows]
-        color = (colors or {}).get(label.split(" − ")[0])
+        color = colors.get(label.split(" − ")[0])
         (line,) = ax.plot(x, [100 * r["delta"] for r in rows], "o-", label=label, color=color)
         lo, hi = [100 * _nan(r.get("lo")) for r in rows], [100 * _nan(r.get("hi")) for r in rows]
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -205,11 +206,10 @@ def plot_expected_max(curves: Mapping[str, Sequence[float]], plt: Any, colors: M
 
     if not any(curves.values()):
         return None
+    colors = colors or {}
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, ys in curves.items():
-        ax.plot(
-            range(1, len(ys) + 1), [100 * y for y in ys], "o-", markersize=3, label=name, color=(colors or {}).get(name)
-        )
+        ax.plot(range(1, len(ys) + 1), [100 * y for y in ys], "o-", markersize=3, label=name, color=colors.get(name))
     ax.set(
         xlabel="tuning trials k",
         ylabel="expected best valid accuracy %",
