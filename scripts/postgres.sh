@@ -4,6 +4,7 @@
 #   bash scripts/postgres.sh --throwaway DIR a private server in the empty DIR (unix socket in DIR, no TCP), never
 #                                            installs anything: exits 3 when no server binaries (initdb, pg_ctl) exist
 #   bash scripts/postgres.sh --restart DIR [S] stops that server, waits S seconds (default 0), starts it again
+#   bash scripts/postgres.sh --down DIR / --up DIR  stops that server (keeping its data) / starts it again
 #   bash scripts/postgres.sh --stop DIR      stops that server and deletes DIR
 # The tests (tests/conftest.py) start and stop a throwaway server by themselves; SLOWAI_TEST_PG_URL overrides it.
 set -euo pipefail
@@ -46,9 +47,10 @@ throwaway() {
     cat "$dir/initdb.log" >&2
     die "initdb failed"
   fi
-  # No TCP: only a unix socket in the private DIR. Durability off: the data is thrown away.
+  # No TCP: only a unix socket in the private DIR. Durability off: the data is thrown away. Room for a test session's
+  # many short-lived clients (each worker process and each test's storage keeps a small connection pool).
   printf "%s\n" "listen_addresses = ''" "unix_socket_directories = '$dir'" "fsync = off" \
-    "synchronous_commit = off" "full_page_writes = off" >>"$dir/data/postgresql.conf"
+    "synchronous_commit = off" "full_page_writes = off" "max_connections = 400" >>"$dir/data/postgresql.conf"
   if ! as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null; then
     cat "$dir/server.log" >&2
     die "the server did not start"
@@ -71,21 +73,30 @@ stop() {
   rm -rf "$dir"
 }
 
+down() {
+  [ -f "$1/bindir" ] || die "$1 was not made by --throwaway; not touching it"
+  as_owner "$(cat "$1/bindir")/pg_ctl" -D "$1/data" -m fast -w -t 60 stop >/dev/null
+}
+
+up() {
+  [ -f "$1/bindir" ] || die "$1 was not made by --throwaway; not touching it"
+  as_owner "$(cat "$1/bindir")/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 60 start >/dev/null
+}
+
 restart() {
-  local dir=$1 down=${2:-0} bin
-  [ -f "$dir/bindir" ] || die "$dir was not made by --throwaway; not touching it"
-  bin=$(cat "$dir/bindir")
-  as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null
-  sleep "$down"
-  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+  down "$1"
+  sleep "${2:-0}"
+  up "$1"
 }
 
 case "${1:-}" in
   --restart) restart "${2:?usage: postgres.sh --restart DIR [SECONDS]}" "${3:-0}"; exit ;;
   --throwaway) throwaway "${2:?usage: postgres.sh --throwaway DIR}"; exit ;;
   --stop) stop "${2:?usage: postgres.sh --stop DIR}"; exit ;;
+  --down) down "${2:?usage: postgres.sh --down DIR}"; exit ;;
+  --up) up "${2:?usage: postgres.sh --up DIR}"; exit ;;
   "") ;;
-  *) die "unknown argument '$1' (none, --throwaway DIR, --restart DIR [S] or --stop DIR)" ;;
+  *) die "unknown argument '$1' (none, --throwaway DIR, --restart DIR [S], --down DIR, --up DIR or --stop DIR)" ;;
 esac
 
 if ! command -v pg_lsclusters >/dev/null 2>&1; then

@@ -79,3 +79,6 @@ def _pg_server_for_env(request):
         yield
     finally:
         os.environ.pop(PG_ENV, None)
+
+
+pytest_plugins = ["slurm_cluster", "redis_server"]  # throwaway Slurm and Redis servers (their modules here)

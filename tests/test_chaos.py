@@ -1,9 +1,11 @@
 """Chaos: three workers share one study while a driver SIGKILLs random workers at random moments, round after round,
-and (on PostgreSQL) restarts the database once mid-study; restarted workers finish it.
+and (on PostgreSQL and Redis) takes the database down mid-study, starts a worker while it is down, and brings it
+back; restarted workers finish it.
 
 The study must end exactly as if nothing had happened: the requested tune trials and confirm seeds per candidate,
 no duplicates, nothing left RUNNING or queued, and report rows equal to an undisturbed run of the same plan (tune
 trials are seeded by their slot and a retry keeps its hyperparameters and seed, so every number is reproducible).
+Each run's random choices come from one seed, printed in every failure: `SLOWAI_CHAOS_SEED=<seed>` replays it.
 """
 
 import json
@@ -23,6 +25,7 @@ from optuna.trial import TrialState
 
 from slowai.study import main
 from slowai.study.claims import confirm_key, is_final
+from slowai.study.patience import Patience
 from slowai.study.storage import open_storage, optuna_name
 from studies.digits import space
 
@@ -31,14 +34,28 @@ PG_SCRIPT = ROOT / "scripts" / "postgres.sh"
 CANDS, TRIALS, SEEDS = ("residual", "plain"), 2, (0, 1, 2)
 PLAN = ["--quick", "--trials", str(TRIALS), "--seeds", str(len(SEEDS)), "--epochs", "3", "--subset", "1200"]
 PLAN += ["--pruner", "none", "--no-progress", "--wandb", "disabled", "--no-compile", "--no-channels-last"]
-LIVENESS = ["--heartbeat-interval", "1", "--grace-period", "3"]
-WORKERS, KILL_ROUNDS, DEADLINE_S = 3, 3, 150
+WORKERS, KILL_ROUNDS, DEADLINE_S, OUTAGE_S = 3, 3, 150, 6
+
+
+def liveness(url):
+    """Beats every second; lost after 3 s on a server, after 32 s on a journal file (its own lock grace is 30 s; a
+    killed worker's dead pid is seen at once on this host either way)."""
+    grace = "32" if "://" not in url else "3"
+    return ["--heartbeat-interval", "1", "--grace-period", grace]
+
+
+def chaos_seed(default):
+    """The seed of a run's random choices: SLOWAI_CHAOS_SEED replays a failed run."""
+    return int(os.environ.get("SLOWAI_CHAOS_SEED", default))
+
+
 SAME = ("candidate", "seed", "test_accuracy", "test_loss", "best_valid_accuracy", "params", "mflops")
 
 
 def digits(args, out, log, **kw):
     env = os.environ | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}  # one thread: bit-identical numbers
-    cmd = [sys.executable, "-m", "studies.digits", *PLAN, *LIVENESS, "--out", str(out), *args]
+    url = args[args.index("--storage") + 1]
+    cmd = [sys.executable, "-m", "studies.digits", *PLAN, *liveness(url), "--out", str(out), *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, **kw)
 
 
@@ -96,10 +113,12 @@ def holders(storage, name):
     return out
 
 
-def unleash(url, name, out, rng, restart_db=None):
+def unleash(url, name, out, seed, outage=None):
     """Run WORKERS workers on the study; KILL_ROUNDS times, at a random moment, SIGKILL a random worker (one holding
-    a running trial, except in the last round) and start it again at once; restart the database after the second
-    kill; then let the workers finish. Returns what was done."""
+    a running trial, except in the last round) and start it again at once; in the second round, take the database
+    down first (`outage`: (down, up)), start the killed worker while it is down, and bring it back OUTAGE_S s later;
+    then let the workers finish. Returns what was done."""
+    rng = random.Random(seed)
     logs = out / "logs"
     logs.mkdir(parents=True)
     args = ["--storage", url, "--study-name", name]
@@ -108,7 +127,8 @@ def unleash(url, name, out, rng, restart_db=None):
         log = open(logs / f"worker{i}.{gen}.log", "w")
         return digits([*args, "--worker-id", str(i)], out / f"w{i}", log, start_new_session=True)
 
-    procs, gens, events = [start(i, 0) for i in range(WORKERS)], [0] * WORKERS, []
+    procs, gens, events = [start(i, 0) for i in range(WORKERS)], [0] * WORKERS, [f"replay: SLOWAI_CHAOS_SEED={seed}"]
+    storage = open_storage(url, Patience(60, lambda m: None))  # one connection pool for all looks; the outage waited
     deadline = time.monotonic() + DEADLINE_S
 
     def held_now():
@@ -118,7 +138,7 @@ def unleash(url, name, out, rng, restart_db=None):
                 logs / f"worker{i}.{gens[i]}.log"
             )
         alive = {p.pid: i for i, p in enumerate(procs) if p.poll() is None}
-        return alive, {pid: what for pid, what in holders(open_storage(url), name).items() if pid in alive}
+        return alive, {pid: what for pid, what in holders(storage, name).items() if pid in alive}
 
     for round_ in range(KILL_ROUNDS):
         last = round_ == KILL_ROUNDS - 1  # the last round hits any worker, whatever it is doing (idle, starting)
@@ -137,12 +157,17 @@ def unleash(url, name, out, rng, restart_db=None):
         i = alive[pid]
         os.killpg(pid, signal.SIGKILL)  # its whole process group: nothing of it survives
         procs[i].wait()
-        gens[i] += 1
-        procs[i] = start(i, gens[i])
         events.append(f"killed worker {i} holding {held.get(pid, 'nothing')}")
-        if restart_db and round_ == 1:
-            restart_db()
-            events.append("restarted PostgreSQL")
+        down = outage is not None and round_ == 1
+        if down:
+            outage[0]()
+            events.append("database down")
+        gens[i] += 1
+        procs[i] = start(i, gens[i])  # a worker starting while its database is down waits for it
+        if down:
+            time.sleep(OUTAGE_S)
+            outage[1]()
+            events.append(f"database up again after {OUTAGE_S} s")
     for i, p in enumerate(procs):
         code = p.wait(timeout=max(deadline - time.monotonic(), 1))
         assert code == 0, f"worker {i} exited {code} after {events}:\n" + _tail(logs / f"worker{i}.{gens[i]}.log")
@@ -179,23 +204,54 @@ def assert_exactly_the_plan(url, name):
     return lost
 
 
+def pg_ctl(pg_dir, what):
+    """`--down` or `--up`: the throwaway server stops (keeping its data) or starts again."""
+    r = subprocess.run(["bash", str(PG_SCRIPT), what, pg_dir], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def chaos(tmp_path, undisturbed, url, seed, outage=None):
+    events = unleash(url, "chaos", tmp_path, seed, outage)
+    assert outage is None or "database down" in events, events
+    assert assert_exactly_the_plan(url, "chaos") >= 2, events  # the kills did hit running trials
+    assert report_rows(["--study-name", "chaos", "--storage", url], tmp_path / "report") == undisturbed, events
+
+
 @pytest.mark.slow
 def test_chaos_on_the_journal(tmp_path, undisturbed):
-    url = str(tmp_path / "optuna.journal")
-    events = unleash(url, "chaos", tmp_path, random.Random(1))
-    assert assert_exactly_the_plan(url, "chaos") >= 2, events  # the kills did hit running trials
-    assert report_rows(["--study-name", "chaos", "--storage", url], tmp_path / "report") == undisturbed
+    chaos(tmp_path, undisturbed, str(tmp_path / "optuna.journal"), chaos_seed(1))
 
 
 @pytest.mark.slow
-def test_chaos_on_postgres_with_a_database_restart(tmp_path, undisturbed, own_postgres):
+def test_chaos_on_postgres_with_a_database_outage(tmp_path, undisturbed, own_postgres):
     url, pg_dir = own_postgres
+    chaos(tmp_path, undisturbed, url, chaos_seed(2), (lambda: pg_ctl(pg_dir, "--down"), lambda: pg_ctl(pg_dir, "--up")))
 
-    def restart_db():
-        r = subprocess.run(["bash", str(PG_SCRIPT), "--restart", pg_dir, "2"], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
 
-    events = unleash(url, "chaos", tmp_path, random.Random(2), restart_db)
-    assert "restarted PostgreSQL" in events, events
-    assert assert_exactly_the_plan(url, "chaos") >= 2, events
-    assert report_rows(["--study-name", "chaos", "--storage", url], tmp_path / "report") == undisturbed
+@pytest.mark.slow
+def test_chaos_on_redis_with_a_server_restart(tmp_path, undisturbed, redis_server):
+    chaos(tmp_path, undisturbed, redis_server.url, chaos_seed(3), (redis_server.down, redis_server.up))
+
+
+@pytest.mark.slow
+def test_a_study_started_while_its_database_is_down_waits_for_it(tmp_path, own_postgres):
+    """Down at start-up: the study waits (saying so) and completes; with --storage-patience 0 it is one line."""
+    url, pg_dir = own_postgres
+    args = ["--storage", url, "--study-name", "late-db", "--trials", "1", "--seeds", "1", "--epochs", "1"]
+    pg_ctl(pg_dir, "--down")
+    try:
+        impatient = digits([*args, "--storage-patience", "0"], tmp_path / "impatient", subprocess.PIPE)
+        said = impatient.communicate(timeout=120)[0].decode()
+        patient = digits(args, tmp_path / "patient", subprocess.PIPE)
+        time.sleep(OUTAGE_S)
+        assert patient.poll() is None, "a patient study must wait for its database"
+    finally:
+        pg_ctl(pg_dir, "--up")
+    out, _ = patient.communicate(timeout=300)
+    errors = [line for line in said.splitlines() if line.startswith("error: ")]
+    assert impatient.returncode == 2 and len(errors) == 1 and said.rstrip().endswith(errors[0]), said
+    assert "--storage-patience 0: not retried" in errors[0]
+    assert not (tmp_path / "impatient").exists()
+    assert patient.returncode == 0, out.decode()[-3000:]
+    assert "storage unreachable (" in out.decode() and "storage reachable again" in out.decode()
+    assert (tmp_path / "patient" / "report.md").exists()

@@ -92,6 +92,11 @@ CASES = [
     (["--heartbeat-interval", "0"], "argument --heartbeat-interval: must be >= 1"),
     (["--grace-period", "0"], "argument --grace-period: must be >= 1"),
     (["--heartbeat-interval", "10", "--grace-period", "10"], "must exceed the heartbeat interval"),
+    (["--heartbeat-interval", "1", "--grace-period", "3"], "too short for a journal file storage: a worker killed"),
+    (["--storage-patience", "-1"], "argument --storage-patience: must be a finite number of seconds >= 0"),
+    (["--storage-patience", "inf"], "argument --storage-patience: must be a finite number of seconds >= 0"),
+    (["--trial-timeout", "soon"], "argument --trial-timeout: expected a number of seconds"),
+    (["--max-retries", "-1"], "argument --max-retries: must be >= 0"),
     (["--worker-id", "-1"], "argument --worker-id: must be >= 0"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ]

@@ -17,10 +17,11 @@ from optuna.trial import TrialState
 
 from slowai.core import Callback
 from slowai.study import Budget, StudySpec, run_study
-from slowai.study.claims import close, retry, slot_duplicate, trial_id, tune_slot
+from slowai.study.claims import close, retry, trial_id
 from slowai.study.lease import Heartbeat, Watch, worker_id
 from slowai.study.storage import Liveness, open_storage, optuna_name
 from slowai.study.trial import Outcome
+from slowai.study.workqueue import enqueue_slots
 
 TINY = Budget(trials=2, tune_epochs=1, tune_subset=256, seeds=2, confirm_epochs=1, confirm_subset=256, bs=64)
 FAST = Liveness(heartbeat_interval=1, grace_period=2)  # a silent worker is lost after 2 s
@@ -92,7 +93,8 @@ def test_a_silent_worker_on_another_host_is_lost_after_the_grace_period(tmp_path
     for t in (beating, silent):
         storage.set_trial_user_attr(trial_id(storage, study.study_name, t.number), "worker", "elsewhere:7:ab")
     watch = Watch(grace=1.0)
-    with Heartbeat(storage, trial_id(storage, study.study_name, beating.number), interval=0.2):
+    tid = trial_id(storage, study.study_name, beating.number)
+    with Heartbeat(storage, tid, interval=0.2, key=(study.study_name, beating.number), deadline_s=None):
         assert watch.lost(study.study_name, study.get_trials(states=(TrialState.RUNNING,))) == {}
         time.sleep(1.5)
         lost = watch.lost(study.study_name, study.get_trials(states=(TrialState.RUNNING,)))
@@ -100,18 +102,23 @@ def test_a_silent_worker_on_another_host_is_lost_after_the_grace_period(tmp_path
 
 
 def test_a_trial_whose_worker_died_right_after_ask_is_taken_over(tmp_path):
-    """The window between `ask()` and recording the owner: a RUNNING trial with no owner ages like a silent one."""
+    """The window between `ask()` and recording the owner: a popped slot with no owner ages like a silent one.
+    (SQLite: a journal file's 30 s lock grace would set the grace period's floor.)"""
     s = spec(tmp_path, "orphan", candidates=["plain"])
+    s.storage = f"sqlite:///{tmp_path / 'orphan.db'}"
     run_study(s, budget=TINY.with_(trials=1, seeds=1), log=lambda m: None)
-    storage = open_storage(str(tmp_path / "optuna.journal"))
-    tune = optuna.load_study(study_name=optuna_name("orphan", "plain", "tune"), storage=storage)
-    orphan = tune.ask()  # a worker that died before writing anything more
+    tune = optuna.load_study(study_name=optuna_name("orphan", "plain", "tune"), storage=open_storage(s.storage))
+    enqueue_slots(tune, [1])
+    orphan = tune.ask()  # a worker that popped slot 1 and died before writing anything more
     with deadline(90):
         run_study(s, budget=TINY.with_(trials=2, seeds=1), log=lambda m: None, liveness=FAST)
-    dead = trials(tmp_path, "orphan", "plain", "tune")[orphan.number]
+    after = optuna.load_study(study_name=tune.study_name, storage=open_storage(s.storage)).get_trials()
+    dead = after[orphan.number]
     assert dead.state == TrialState.FAIL and "died before recording itself" in dead.user_attrs["fail_reason"]
-    states = [t.state for t in trials(tmp_path, "orphan", "plain", "tune")]
-    assert states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING not in states
+    assert [t.state for t in after].count(TrialState.COMPLETE) == 2 and TrialState.RUNNING not in [
+        t.state for t in after
+    ]
+    assert sorted(t.user_attrs["slot"] for t in after if t.state == TrialState.COMPLETE) == [0, 1]
 
 
 def declare_lost_by_a_neighbour(ctx):
@@ -125,31 +132,9 @@ def declare_lost_by_a_neighbour(ctx):
                 storage, study = open_storage(str(ctx.out / "optuna.journal")), ctx.trial.study
                 tid = trial_id(storage, study.study_name, ctx.trial.number)
                 assert close(storage, tid, "worker lost: no heartbeat (test)", "lost")
-                retry(study, storage.get_trial(tid), max_retry=3)
+                retry(study, storage.get_trial(tid))
 
     return Neighbour()
-
-
-def test_two_tune_trials_asked_the_same_moment_take_different_slots():
-    study = optuna.create_study(direction="maximize")
-    first, second = study.ask(), study.ask()  # two workers asked before either wrote its slot (found by test_chaos)
-    assert tune_slot(study, second, wanted=2) == 1  # the later trial leaves slot 0 to the earlier one
-    assert tune_slot(study, first, wanted=2) == 0
-    assert tune_slot(study, study.ask(), wanted=2) is None  # both slots are claimed: a third is surplus
-
-
-def test_a_retry_steps_back_when_a_new_trial_took_its_slot_first():
-    study = optuna.create_study(direction="maximize")
-    lost = study.ask()
-    lost.set_user_attr("slot", 0)
-    study.tell(lost, state=TrialState.FAIL)  # declared lost; its retry is not queued yet
-    new = study.ask()
-    assert tune_slot(study, new, wanted=2) == 0  # in that moment slot 0 looks free
-    new.set_user_attr("slot", 0)
-    retry(study, study.trials[lost.number], max_retry=3)
-    again = study.ask()
-    assert again.user_attrs["slot"] == 0 and slot_duplicate(study, again, 0)  # the later trial gives way
-    assert not slot_duplicate(study, new, 0)
 
 
 def test_a_late_result_is_dropped_and_the_worker_carries_on(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from slowai.study.stats import (
-    binomial_half_width,
+    at_level,
     compare,
     expected_max,
     holm,
@@ -15,8 +15,10 @@ from slowai.study.stats import (
     mde,
     mean_ci,
     paired_diff,
+    prob_improvement,
     tost_p,
     welch_diff,
+    wilson_interval,
 )
 
 
@@ -211,12 +213,42 @@ def test_mde_scales_with_sd_and_sqrt_n():
     assert mde(0.003, 400) / mde(0.003, 100) == pytest.approx(0.5, abs=0.01)
 
 
-def test_binomial_half_width():
-    """The test-set sampling error 1.96·√(p(1-p)/n): ±9.7 points for an accuracy of 0.5 on 102 images."""
-    assert binomial_half_width(0.5, 102) == pytest.approx(1.96 * math.sqrt(0.25 / 102), abs=1e-3)
-    assert binomial_half_width(0.5, 102) == pytest.approx(0.097, abs=1e-3)
-    assert binomial_half_width(1.0, 100) == 0.0
-    assert math.isnan(binomial_half_width(0.5, 0)) and math.isnan(binomial_half_width(math.nan, 100))
+@pytest.mark.parametrize(("correct", "n"), [(51, 102), (102, 102), (0, 40), (3988, 4000)])
+def test_wilson_interval_matches_scipy(correct, n):
+    """The test-set interval is scipy's Wilson score interval; at 100% on 102 images it is 96.4-100, not ±0."""
+    ci = stats.binomtest(correct, n).proportion_ci(method="wilson")
+    assert wilson_interval(correct / n, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_wilson_interval_is_honest_at_the_edges():
+    lo, hi = wilson_interval(1.0, 102)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.9637, abs=1e-4)
+    assert all(math.isnan(x) for x in (*wilson_interval(0.5, 0), *wilson_interval(math.nan, 100)))
+
+
+def test_prob_improvement_is_mann_whitney_u_over_n_squared():
+    """P(A > B) = U/n² (ties count ½), as scipy's Mann-Whitney U gives it; 0.5 when a and b are the same runs."""
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0.905, 0.003, 7).round(3), rng.normal(0.9, 0.003, 7).round(3)  # rounding makes ties
+    p, lo, hi = prob_improvement(a, b)
+    assert p == pytest.approx(stats.mannwhitneyu(a, b).statistic / 49)
+    assert lo <= p <= hi and 0 <= lo and hi <= 1
+    assert prob_improvement(a, a)[0] == 0.5
+
+
+def test_prob_improvement_interval_resamples_seeds_in_pairs():
+    """The bootstrap keeps pairs: a candidate ahead on every seed by a margin larger than any seed's spread has
+    P = 1 in every resample, so its interval is the single point 1; the interval is reproducible (seeded)."""
+    base = np.linspace(0.88, 0.92, 6)
+    assert prob_improvement(base + 0.05, base) == (1.0, 1.0, 1.0)
+    a = base + np.random.default_rng(6).normal(0, 0.01, 6)
+    assert prob_improvement(a, base) == prob_improvement(a, base)
+
+
+def test_at_level_is_the_same_test_at_another_confidence():
+    """at_level keeps Δ, se, df and p and recomputes the bounds: it equals paired_diff run at that level."""
+    a, b = [0.91, 0.92, 0.905, 0.915], [0.9, 0.91, 0.9, 0.905]
+    assert at_level(paired_diff(a, b), 0.99) == paired_diff(a, b, 0.99)
 
 
 def test_expected_max_ends():

@@ -31,7 +31,7 @@ from scipy import special
 from scipy import stats as scipy_stats
 
 import slowai.study.stats as study_stats
-from slowai.study.stats import ALPHA, holm, look_alphas
+from slowai.study.stats import ALPHA, holm
 from slowai.study.verdicts import Design, Verdict, curve_effects, decide, factorial_effects, seeds_needed
 
 REF = "ref"
@@ -112,8 +112,8 @@ def run_sequentially(full: Mapping[str, Mapping[int, float]], first: int, last: 
 
 
 def _decision(v: Verdict) -> tuple:
-    """What a look decided (the reported interval `diff` pairs every seed run, so it is left out)."""
-    return v.verdict, v.n, v.alpha_look, v.p_adj, v.p_equiv_adj, v.mde
+    """What a look decided, with the interval it decided on."""
+    return v.verdict, v.n, v.alpha_look, v.p_adj, v.p_equiv_adj, v.mde, v.diff
 
 
 @pytest.fixture(scope="module")
@@ -221,9 +221,10 @@ def test_true_equivalence_is_found():
 # ------------------------------------------------------------------------------------------ adjusted p-values
 def test_adjusted_p_decides_exactly(mixed_studies):
     """Each verdict's adjusted p-values are on the α scale: p_adj ≤ α exactly when it says better/worse (the sign
-    of Δ giving which), p_equiv_adj ≤ α for every "equivalent", and an inconclusive one has both > α. The look's α
-    is the one `look_alphas` planned for its n."""
-    alphas = look_alphas(3, 10)
+    of Δ giving which), p_equiv_adj ≤ α for every "equivalent", and an inconclusive one has both > α. The printed
+    interval is the look's, at the nominal level its boundary gives Holm's last step (rule changed with the
+    calibrated boundaries: it used to be α_n of the union bound at every step)."""
+    design = Design(SEEDS, 3, 10, MARGIN)
     seen = set()
     for study in mixed_studies:
         for v in study.values():
@@ -235,23 +236,25 @@ def test_adjusted_p_decides_exactly(mixed_studies):
                 assert v.p_equiv_adj <= ALPHA
             else:
                 assert v.p_equiv_adj > ALPHA and v.n == 10
-            assert 3 <= v.n <= 10 and v.alpha_look == alphas[v.n]
+            assert 3 <= v.n <= 10 and v.alpha_look == design.nominal(v.level, v.n) and v.diff.n == v.n
             assert v.decided == (v.verdict != "inconclusive")
     assert seen == {"better", "worse", "equivalent", "inconclusive"}
 
 
 def test_adjusted_p_is_holm_at_the_look():
-    """At a single look, p_adj is Holm's adjusted p of the three paired t-tests (α_look = α, so no rescaling)."""
+    """At a single look, p_adj is Holm's adjusted p of the three paired t-tests (one look spends all of α, so no
+    rescaling), and the printed interval is that look's: its 5 pairs at Holm's last level α/(m − r)."""
     rng = np.random.default_rng(60)
     full = simulate(rng, {REF: 0.0, "a": 0.004, "b": 0.001, "c": -0.002}, 0.003, 0.5)
     verdicts = decide(full, REF, Design(SEEDS, 5, 5, MARGIN))
     raw = [study_stats.paired_diff([full[c][s] for s in SEEDS[:5]], [full[REF][s] for s in SEEDS[:5]]) for c in "abc"]
     for c, d, p in zip("abc", raw, holm([d.p for d in raw])):
+        rejected = sum(q <= ALPHA for q in holm([d.p for d in raw]))
         assert verdicts[c].p_adj == pytest.approx(p)
-        assert verdicts[c].alpha_look == ALPHA and verdicts[c].n == 5
+        assert verdicts[c].alpha_look == pytest.approx(ALPHA / max(3 - rejected, 1)) and verdicts[c].n == 5
         if p <= ALPHA:
             assert verdicts[c].verdict == ("better" if d.delta > 0 else "worse")
-        assert verdicts[c].diff.n == 10  # the reported interval pairs every seed both ran, beyond the look
+        assert verdicts[c].diff.n == 5 and verdicts[c].diff.delta == d.delta  # the look's pairs, not every seed
 
 
 # ------------------------------------------------------------------------------------------------- seeds_needed
@@ -302,6 +305,17 @@ def test_curve_effects_per_epoch_and_area():
     assert all(r["n"] == n and r["lo"] <= r["delta"] <= r["hi"] for rows in out.values() for r in rows)
     rows = [r for c in ("a", "b") for r in out[c]]
     assert [r["p_adj"] for r in rows] == pytest.approx(holm([r["p"] for r in rows]))
+    for r in rows:  # a marker exactly where the interval (at Holm's last level) excludes 0
+        assert (r["verdict"] != "inconclusive") == (r["lo"] > 0 or r["hi"] < 0)
+
+
+def test_a_one_epoch_curve_has_no_area_row():
+    """With one epoch the area is the epoch itself: it is left out, so it is neither shown twice nor counted twice
+    in Holm's family (which would halve the level each row is tested at)."""
+    rng = np.random.default_rng(81)
+    curves = {c: {s: [0.8 + d + rng.normal(0, 0.003)] for s in range(5)} for c, d in ((REF, 0.0), ("a", 0.01))}
+    rows = curve_effects(curves, REF)["a"]
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["p_adj"] == pytest.approx(rows[0]["p"])
 
 
 def test_factorial_effects_recover_known_effects():
@@ -328,6 +342,8 @@ def test_factorial_effects_recover_known_effects():
         assert e.diff.n == 6
     assert effects["act"].levels == (("relu", "gelu"),)
     assert [effects[k].verdict for k in ("act", "init", "act×init")] == ["positive", "inconclusive", "positive"]
+    for e in effects.values():  # intervals at Holm's level: clear of 0 exactly where an effect is claimed
+        assert (e.verdict != "inconclusive") == (e.diff.lo > 0 or e.diff.hi < 0)
     assert [e.p_adj for e in effects.values()] == pytest.approx(holm([e.diff.p for e in effects.values()]))
 
 

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from slowai.study import Budget, StudySpec, main, read_offline_run, run_study
 from slowai.study.claims import FINISHED, confirm_key, fail_lost_trials
-from slowai.study.lease import Watch
+from slowai.study.lease import Watch, place
 from slowai.study.storage import existing_names, open_storage, optuna_name
 from slowai.study.tracking import offline_runs
 
@@ -173,7 +173,8 @@ def test_killed_worker_trial_fails_and_is_retried(tmp_path, env, backend, reques
         url, name = str(tmp_path / "out" / "optuna.journal"), "killtest"
     args = ["--candidates", "plain", "--quick", "--trials", "2", "--seeds", "1", "--epochs", "2", "--subset", "1024"]
     args += ["--pruner", "none", "--no-progress", "--study-name", name, "--out", str(tmp_path / "out")]
-    args += ["--storage", url, "--heartbeat-interval", "1", "--grace-period", "3"]
+    grace = "3" if backend == "postgres" else "32"  # a journal's lock grace (30 s) + 2 beats; a dead pid shows at once
+    args += ["--storage", url, "--heartbeat-interval", "1", "--grace-period", grace]
     victim = start(args, env, start_new_session=True)  # its own process group: W&B's helper dies with it
     try:
         killed = wait_running(open_storage(url), name, victim.pid)
@@ -206,8 +207,11 @@ def test_ctrl_c_on_local_workers_fails_their_trials_cleanly(tmp_path, env):
     log, _ = parent.communicate(timeout=60)
     assert parent.returncode == 130 and "rerun the same command to resume" in log
     tune = all_trials(storage, "ctrlc", "plain", "tune")
-    assert tune and all(t.state == TrialState.FAIL for t in tune)
-    assert {t.user_attrs["fail_reason"] for t in tune} == {"interrupted (Ctrl-C)"}
+    failed = [t for t in tune if t.state == TrialState.FAIL]
+    assert failed and {t.user_attrs["fail_reason"] for t in failed} == {"interrupted (Ctrl-C)"}
+    assert all(t.state in (TrialState.FAIL, TrialState.WAITING) for t in tune)  # nothing left RUNNING
+    queued_again = {t.user_attrs.get("retry_of") for t in tune if t.state == TrialState.WAITING}
+    assert {t.number for t in failed} <= queued_again  # the next run pops each interrupted trial first
 
 
 def open_storage_when_ready(path, study, timeout=60):
@@ -230,12 +234,13 @@ def test_lost_confirm_run_is_retried_with_its_seed(tmp_path):
     gone = subprocess.Popen(["true"])  # a process of this host that has exited: the "dead worker"
     gone.wait()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}:0123abcd")
+    trial.set_user_attr("worker_place", place())  # the same kernel and pid namespace: its pid can be checked
     assert fail_lost_trials(storage, study, watch, max_retry=1) == [trial.number]
     assert fail_lost_trials(storage, study, watch, max_retry=1) == []  # found once, retried once
     failed, queued = study.get_trials()
     assert failed.state == TrialState.FAIL and "process gone" in failed.user_attrs["fail_reason"]
     assert queued.state == TrialState.WAITING and queued.params == {"lr": 0.01}
-    assert queued.user_attrs == {"seed": 7, "params_key": "lr=0.01", "retry_of": 0}
+    assert queued.user_attrs == {"seed": 7, "params_key": "lr=0.01", "retry_of": 0, "queued_params": {"lr": 0.01}}
 
 
 def diverge_first(trial):
@@ -272,23 +277,35 @@ def test_broken_wandb_dir_is_a_warning(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "url, message",
+    "url, message, patience",
     [
-        ("postgresql+psycopg2://nosuch:pw@127.0.0.1:5432/x", "cannot open storage"),  # wrong credentials
-        ("postgresql://u:secret@127.0.0.1:1/db", "Connection refused"),  # nothing listens on the port
-        ("postgresql+psycopg2://u:secret@127.0.0.2:1/db", "Connection refused"),  # no server on that address
-        ("postgresql:/broken", "malformed storage URL"),
+        ("postgresql://u:secret@127.0.0.1:1/db", "Connection refused", "0"),  # nothing listens on the port
+        ("postgresql+psycopg2://u:secret@127.0.0.2:1/db", "Connection refused", "0"),  # no server on that address
+        ("postgresql:/broken", "malformed storage URL", None),
     ],
 )
-def test_bad_storage_fails_fast_with_one_line(tmp_path, capsys, url, message):
+def test_bad_storage_fails_fast_with_one_line(tmp_path, capsys, url, message, patience):
+    """An outage fails at once only with --storage-patience 0 (else it is waited out); a malformed URL always."""
     out = tmp_path / "out"
     t0 = time.monotonic()
-    assert main("residual_vs_plain", CANDS, ["--out", str(out), "--quick", "--storage", url]) == 2
+    flags = ["--storage-patience", patience] if patience else []
+    assert main("residual_vs_plain", CANDS, ["--out", str(out), "--quick", "--storage", url, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert time.monotonic() - t0 < 10
     assert err.startswith("error: ") and message in err and "\n" not in err, err
     assert ":pw@" not in err and ":secret@" not in err
     assert not out.exists() and not list(tmp_path.glob("postgresql*"))
+
+
+def test_an_unknown_database_fails_at_once_even_with_patience(tmp_path, capsys, pg_server_url):
+    """A permanent mistake (unknown database; likewise bad credentials) is not an outage: no waiting."""
+    url = re.sub(r"/slowai(\?|$)", r"/no_such_db\1", pg_server_url, count=1)
+    t0 = time.monotonic()
+    argv = ["--out", str(tmp_path / "out"), "--quick", "--storage", url, "--storage-patience", "600"]
+    assert main("residual_vs_plain", CANDS, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - t0 < 10 and "no_such_db" in err and "does not exist" in err, err
+    assert err.startswith("error: cannot open storage") and "\n" not in err
 
 
 def test_work_nobody_can_claim_is_an_error_not_an_endless_wait(tmp_path, monkeypatch):

@@ -6,8 +6,12 @@ disturbs) the global RNG: the same seed gives the same split in every process an
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
+
+from slowai.data.loader import DataLoaders, TensorLoader
 
 Pair = tuple[Tensor, Tensor]  # (x, y)
 
@@ -101,3 +105,22 @@ def carve_counts(size: int | float, n: int, valid_given: bool, test_given: bool,
     n_test = 0 if test_given else count_of(size, n, what)
     n_valid = 0 if valid_given else count_of(size, n - n_test, what)
     return n_valid, n_test
+
+
+def redraw(dls: DataLoaders, seed: int) -> DataLoaders:
+    """The same loaders with train and valid re-split from their pooled items by a permutation seeded with `seed`
+    (same sizes, normalisation and augmentation; the test set untouched).
+
+    Why: a confirm seed should vary everything a rerun of the experiment would, the split included (Bouthillier et
+    al. 2021), while every candidate gets seed s's split, so pairing by seed still cancels it. Loaders that are not
+    TensorLoaders, or a valid set that is the test set (`val_size=0`), are returned as they are."""
+    tr, va = dls.train, dls.valid
+    plain = isinstance(tr, TensorLoader) and isinstance(va, TensorLoader)
+    if not plain or (dls.test is not None and va.x is dls.test.x):
+        return dls
+    x, y = torch.cat([tr.x, va.x]), torch.cat([tr.y, va.y])
+    perm = _perm(len(y), seed).to(x.device)
+    t, v = perm[: tr.n], perm[tr.n :]
+    train = TensorLoader(x[t], y[t], tr.bs, True, tr.mean, tr.std, tr.augment, tr.drop_last)
+    valid = TensorLoader(x[v], y[v], va.bs, va.shuffle, va.mean, va.std, va.augment, va.drop_last)
+    return replace(dls, train=train, valid=valid)

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from slowai.study.ledger import confirm_seeds
 from slowai.study.results import CandidateResult, StudyResult
 from slowai.study.spec import Budget, Candidate, StudySpec
-from slowai.study.stats import binomial_half_width, expected_max, welch_diff
-from slowai.study.verdicts import Design, curve_effects, decide, factorial_effects
+from slowai.study.stats import expected_max, paired_diff, prob_improvement, welch_diff, wilson_interval
+from slowai.study.verdicts import Design, Verdict, adjusted_estimate, curve_effects, decide, factorial_effects
 
 
 def design_of(spec: StudySpec, budget: Budget) -> Design:
@@ -27,12 +27,9 @@ def analyze(res: StudyResult, design: Design, candidates: Sequence[Candidate] = 
     ref = done.get(res.reference)
     if ref is not None:
         runs = {name: c.by_seed for name, c in done.items()}
-        verdicts = decide(runs, res.reference, design)
+        verdicts = decide(runs, res.reference, design, {name: c.images for name, c in done.items()})
         for name, v in verdicts.items():
-            c = done[name]
-            c.verdict, c.diff = v, v.diff
-            common = [s for s in c.by_seed if s in ref.by_seed]
-            c.welch = welch_diff([c.by_seed[s] for s in common], [ref.by_seed[s] for s in common])
+            _fill(done[name], ref, v, design)
         res.epoch_effects = {
             f"{name} − {res.reference}": rows
             for name, rows in curve_effects(_curves(done), res.reference, design.alpha).items()
@@ -40,6 +37,19 @@ def analyze(res: StudyResult, design: Design, candidates: Sequence[Candidate] = 
     res.expected_max = {c.name: expected_max(c.tune_values) for c in res.candidates if c.tune_values}
     res.effects = _factorial(done, candidates, design.alpha)
     return res
+
+
+def _fill(c: CandidateResult, ref: CandidateResult, v: Verdict, design: Design) -> None:
+    """The verdict, its interval, and what is said beside it on the same seeds: the unpaired interval at the same
+    level (for the pairing note), P(c > ref), and the estimate adjusted for stopping early."""
+    c.verdict, c.diff = v, v.diff
+    c.adjusted = adjusted_estimate(v, design)
+    seeds = [s for s in design.seeds[: v.n] if s in c.by_seed and s in ref.by_seed]
+    if v.too_few or len(seeds) < v.n:
+        return
+    a, b = [c.by_seed[s] for s in seeds], [ref.by_seed[s] for s in seeds]
+    c.welch, c.paired = welch_diff(a, b, 1 - v.alpha_look), paired_diff(a, b, 1 - v.alpha_look)
+    c.p_improve = prob_improvement(a, b)
 
 
 def _curves(done: dict[str, CandidateResult]) -> dict[str, dict[int, list[float]]]:
@@ -82,15 +92,17 @@ def _factorial(done: dict[str, CandidateResult], candidates: Sequence[Candidate]
 
 
 def test_error(c: CandidateResult) -> float:
-    """Half-width of the 95% binomial interval of one run's test accuracy (its test-set sampling error)."""
+    """Half the width of the 95% Wilson interval of one run's test accuracy (its test-set sampling error)."""
     if c.acc is None or not c.test_size:
         return math.nan
-    return binomial_half_width(c.acc.mean, int(c.test_size))
+    lo, hi = wilson_interval(c.acc.mean, int(c.test_size))
+    return (hi - lo) / 2
 
 
 def pairing_gain(c: CandidateResult) -> float:
-    """1 - paired half-width / unpaired (Welch) half-width on the same runs: how much pairing narrowed the CI."""
-    if c.diff is None or c.welch is None or c.diff.method != "paired":
+    """1 - paired half-width / unpaired (Welch) half-width on the look's runs at the verdict's level, seeds'
+    variance only on both sides: how much pairing narrowed the CI (NaN below 3 pairs, where no sd means much)."""
+    if c.paired is None or c.welch is None or c.verdict is None or c.verdict.too_few:
         return math.nan
-    w, p = c.welch.half_width, c.diff.half_width
+    w, p = c.welch.half_width, c.paired.half_width
     return 1 - p / w if w and math.isfinite(w) and math.isfinite(p) else math.nan

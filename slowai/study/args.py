@@ -87,6 +87,11 @@ def minutes_arg(text: str) -> float:
     return _float(text, "minutes", lambda v: math.isfinite(v) and v > 0, "a positive, finite number of minutes")
 
 
+def seconds_arg(text: str) -> float:
+    """argparse type: a number of seconds, >= 0 and finite (--storage-patience 0 means: fail at once)."""
+    return _float(text, "seconds", lambda v: math.isfinite(v) and v >= 0, "a finite number of seconds >= 0")
+
+
 def nonempty(text: str) -> str:
     """argparse type: a non-blank string (an empty --out or --storage would silently mean the default or '.')."""
     if not text.strip():

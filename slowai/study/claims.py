@@ -1,17 +1,20 @@
-"""Sharing one study between workers: claiming trials from the storage, finding trials whose worker is gone, and
-closing failed ones by class.
+"""Sharing one study between workers: holding a trial, finding trials whose worker is gone, closing failed ones by
+class, and the result queries the report reads.
 
-Counting finished trials from the storage (never a local counter) is what lets several workers share one budget.
 Lost workers are found by the lease of `slowai.study.lease` (a heartbeat through the storage, on every storage
-kind): such a trial is marked FAIL with a reason and re-queued as a WAITING copy with the same hyperparameters and
-seed (Optuna's `RetryHeartbeatStaleTrialCallback`), which the next `ask` of any worker pops. A trial that fails by
-itself is closed by class (`slowai.study.failures`): an error is final (it uses up its tune slot or confirm seed
-and the report names it), out-of-memory is retried once, an interrupt is left to the next run.
+kind): such a trial is marked FAIL with a reason and re-queued as a WAITING copy with the same hyperparameters,
+slot and seed (Optuna's `RetryHeartbeatStaleTrialCallback`), which the next `ask` of any worker pops. A trial that
+fails by itself is closed by class (`slowai.study.failures`): an error is final (it uses up its tune slot or confirm
+seed and the report names it), out-of-memory is retried once, an interrupt is queued for the next run. Attempts
+belong to the slot or seed, counted from the storage: after `max_retry` retries it is failed for good. What is
+queued and popped is `slowai.study.workqueue`.
 """
 
 from __future__ import annotations
 
 import copy
+import signal
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,12 +27,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from slowai.study import failures
 from slowai.study.lease import Heartbeat, Watch
+from slowai.study.patience import StorageUnreachable
 from slowai.study.spec import StudyError
 from slowai.study.storage import Liveness, existing_names, optuna_name
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 RETRY_ATTRS = ("slot", "seed", "params_key", "oom_retries")  # what a retried trial keeps: the run it stands for
+QUEUED_PARAMS = "queued_params"  # user attr: the params a queued trial must run (its retries run them too)
+ATTEMPTS = (failures.LOST, failures.DEADLINE, failures.OOM)  # failures that use up one of a slot's or seed's tries
 
 
 # ------------------------------------------------------------------------------------------- trial ids
@@ -48,39 +53,82 @@ def fail_lost_trials(storage: BaseStorage, study: optuna.Study, watch: Watch, ma
     """Mark trials of lost workers FAIL with a reason and queue one retry of each; returns their numbers.
 
     Several workers may find the same lost trial: the storage lets one FAIL transition win, and only the winner
-    queues the retry, so each lost trial is retried once.
+    queues the retry, so each lost trial is retried once (or, past `max_retry`, failed for good).
     """
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    since = getattr(getattr(storage, "patience", None), "recovered_at", 0.0)  # an outage is nobody's silence
     failed = []
-    for number, why in watch.lost(study.study_name, running).items():
-        tid = trial_id(storage, study.study_name, number)
-        if close(storage, tid, why, "lost"):
-            retry(study, storage.get_trial(tid), max_retry)
+    for number, why in watch.lost(study.study_name, running, since).items():
+        kind = failures.DEADLINE if why.startswith("deadline") else failures.LOST
+        if fail_and_requeue(storage, study, trial_id(storage, study.study_name, number), why, kind, max_retry):
             failed.append(number)
     return failed
 
 
-def close(storage: BaseStorage, tid: int, why: str, failure: str, final: bool = False) -> bool:
-    """RUNNING → FAIL with its reason and class; False when another worker finished or failed it first."""
+def fail_and_requeue(
+    storage: BaseStorage, study: optuna.Study, tid: int, why: str, kind: str, max_retry: int, **extra: Any
+) -> bool:
+    """Close a RUNNING trial as FAIL and queue its retry, or fail it for good once its slot or seed has had
+    `max_retry` retries; False when another worker finished or failed it first."""
+    trial = storage.get_trial(tid)
+    tries = attempts(study, trial) + 1 if kind in ATTEMPTS else 0
+    final = tries > max_retry
+    if final:
+        why = f"{why}; failed for good after {tries} attempts"
+    if not close(storage, tid, why, kind, final, attempt=tries):
+        return False
+    if not final:
+        retry(study, storage.get_trial(tid), **extra)
+    return True
+
+
+def attempts(study: optuna.Study, trial: FrozenTrial) -> int:
+    """Failed tries so far at the run `trial` stands for (its tune slot, or its confirm seed and hyperparameters)."""
+    unit = unit_of(trial)
+    if unit is None:
+        return 0
+    done = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return sum(unit_of(t) == unit and t.user_attrs.get("failure") in ATTEMPTS for t in done)
+
+
+def unit_of(t: FrozenTrial) -> tuple | None:
+    """What a trial stands for: ('slot', s) for a tune trial, ('seed', params key, s) for a confirm run."""
+    a = t.user_attrs
+    if "slot" in a:
+        return ("slot", a["slot"])
+    return ("seed", a.get("params_key"), a["seed"]) if "seed" in a else None
+
+
+def close(storage: BaseStorage, tid: int, why: str, failure: str, final: bool = False, **attrs: Any) -> bool:
+    """RUNNING → FAIL with its reason and class; False when another worker finished or failed it first. (The attrs go
+    first: a finished trial takes no writes. They mean something only on a FAIL trial.)"""
     try:
-        for k, v in {"fail_reason": why, "failure": failure, "final": final}.items():
+        for k, v in {"fail_reason": why, "failure": failure, "final": final, **attrs}.items():
             storage.set_trial_user_attr(tid, k, v)
         return bool(storage.set_trial_state_values(tid, TrialState.FAIL))
     except UpdateFinishedTrialError:
         return False
 
 
-def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int, **extra: Any) -> None:
-    """Queue a WAITING copy of a failed trial (same params; its seed) via Optuna's retry callback.
+def retry(study: optuna.Study, trial: FrozenTrial, **extra: Any) -> None:
+    """Queue a WAITING copy of a failed trial (same params; its slot or seed) via Optuna's retry callback.
 
-    Only the claim attrs are copied: the new run gets its own worker, W&B run and timings.
+    Only the claim attrs are copied: the new run gets its own worker, W&B run and timings. The params it must use go
+    along as `queued_params` too: a retry killed before its space was drawn has no params of its own, and its retry
+    must still run the same ones. How often a slot or seed may be retried is counted by `fail_and_requeue`, not by the
+    callback (whose count a fresh trial would reset).
     """
-    clean = copy.deepcopy(trial)
+    params = dict(trial.params) or dict(trial.user_attrs.get(QUEUED_PARAMS, {}))
     keep = {k: v for k, v in trial.user_attrs.items() if k in RETRY_ATTRS}
-    clean.user_attrs = keep | extra | {"retry_of": trial.number}
+    attrs = keep | extra | {"retry_of": trial.number, QUEUED_PARAMS: params}
+    if not trial.params:  # nothing drawn yet: queue the params it was given
+        study.enqueue_trial(params, user_attrs=attrs)
+        return
+    clean = copy.deepcopy(trial)
+    clean.user_attrs = attrs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, clean)
+        RetryHeartbeatStaleTrialCallback(max_retry=None)(study, clean)
 
 
 # ------------------------------------------------------------------------------------------- holding a trial
@@ -88,12 +136,14 @@ def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int, **extra: Any)
 def hold(
     storage: BaseStorage, live: Liveness, study: optuna.Study, trial: optuna.Trial, label: str
 ) -> Iterator[Heartbeat]:
-    """While this worker holds a trial its lease beats; an error, wherever it strikes (W&B start, training, storage
-    writes), closes the trial by its class (`slowai.study.failures`), so it is never left RUNNING by a live worker."""
+    """While this worker holds a trial its lease beats and its deadline runs; an error, wherever it strikes (W&B
+    start, training, storage writes), closes the trial by its class (`slowai.study.failures`), so it is never left
+    RUNNING by a live worker."""
     tid = trial_id(storage, study.study_name, trial.number)
     try:
-        with Heartbeat(storage, tid, live.heartbeat_interval) as beat:
-            yield beat
+        with Heartbeat(storage, tid, live.heartbeat_interval, (study.study_name, trial.number), live.trial_timeout):
+            with _deadline(live.trial_timeout):
+                yield
     except UpdateFinishedTrialError:
         raise failures.Dropped(f"{label}: declared lost meanwhile; its late result is dropped") from None
     except (failures.TrialFailed, failures.Dropped):
@@ -101,6 +151,27 @@ def hold(
     except BaseException as e:
         _close_failed(storage, live, study, tid, trial, e, label)
         raise
+
+
+@contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Raise TrialDeadline in this (main) thread after `seconds`; off the main thread, or where the caller's own
+    alarm is already set (never clobbered), the other workers' watch enforces it."""
+    main = threading.current_thread() is threading.main_thread()
+    if seconds is None or not main or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+        yield
+        return
+
+    def expire(*_: Any) -> None:
+        raise failures.TrialDeadline(f"deadline: running for over {seconds:g} s (--trial-timeout)")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _close_failed(
@@ -114,129 +185,26 @@ def _close_failed(
 ) -> None:
     """Close a trial that raised `e` by class, then raise what the worker should do next (see `failures`)."""
     k, why = failures.kind(e), failures.reason(e)
-    if k == failures.STORAGE:
-        raise failures.StorageDown(f"{label}: storage unreachable ({why})") from e
+    if k == failures.STORAGE:  # patience ran out: nothing can be recorded; the others' watch takes the trial over
+        raise StorageUnreachable(f"{label}: {failures.first_line(e)}") from e
     oom_retries = int(trial.user_attrs.get("oom_retries", 0))
-    final = k == failures.ERROR and not isinstance(e, StudyError) or (k == failures.OOM and oom_retries >= 1)
-    try:
-        closed = close(storage, tid, why, k, final)
-    except Exception as store_e:  # noqa: BLE001 - the storage went away too: the lease brings the trial back
-        if failures.storage_error(store_e):
-            raise failures.StorageDown(f"{label}: storage unreachable ({failures.reason(store_e)})") from e
-        raise
-    if k == failures.INTERRUPTED or isinstance(e, StudyError):
-        return  # the caller re-raises: the worker stops, the next run retries the trial
-    if not closed:
+    if k == failures.ERROR and not isinstance(e, StudyError) or (k == failures.OOM and oom_retries >= 1):
+        if close(storage, tid, why, k, True):
+            raise failures.TrialFailed(f"{label}: failed for good ({why})") from e
         raise failures.Dropped(f"{label}: declared lost meanwhile; its late result is dropped") from e
-    if final:
-        raise failures.TrialFailed(f"{label}: failed for good ({why})") from e
+    extra = {"oom_retries": oom_retries + 1} if k == failures.OOM else {}
     failures.free_memory()
-    retry(study, storage.get_trial(tid), live.max_retry, oom_retries=oom_retries + 1)
-    raise failures.TrialFailed(f"{label}: out of memory ({why}); retrying it once") from e
+    if not fail_and_requeue(storage, study, tid, why, k, live.max_retry, **extra):
+        raise failures.Dropped(f"{label}: declared lost meanwhile; its late result is dropped") from e
+    if k == failures.INTERRUPTED or isinstance(e, StudyError):
+        return  # the caller re-raises: the worker stops, the next run pops the queued retry
+    raise failures.TrialFailed(f"{label}: {why}; queued again") from e
 
 
-# ------------------------------------------------------------------------------------------- claiming work
-def count(trials: Iterable[FrozenTrial], states: Iterable[TrialState]) -> int:
-    states = tuple(states)
-    return sum(t.state in states for t in trials)
-
-
-def slots(trials: Iterable[FrozenTrial], states: Iterable[TrialState]) -> int:
-    """Tune slots used: trials in `states` plus final failures (a trial that errors is not drawn again)."""
-    states = tuple(states)
-    return sum(t.state in states or is_final(t) for t in trials)
-
-
-def tune_open(study: optuna.Study, wanted: int) -> bool:
-    """Should a worker ask for a tune trial? Fewer than `wanted` are finished or running (ask pops retries first)."""
-    return slots(study.get_trials(deepcopy=False), (*FINISHED, TrialState.RUNNING)) < wanted
-
-
-def tune_done(study: optuna.Study, wanted: int) -> bool:
-    """Has the candidate's tuning finished everywhere (so its best params are final)?"""
-    return slots(study.get_trials(deepcopy=False), FINISHED) >= wanted
-
-
-def tune_slot(study: optuna.Study, trial: optuna.Trial, wanted: int) -> int | None:
-    """After `ask`: the tune slot this trial fills (a retry keeps its own), or None if earlier trials (finished,
-    running, queued retries) already fill the budget.
-
-    Counting then asking is not atomic across workers; trial numbers are, so the later trial steps back. Earlier
-    trials that hold no slot yet (asked the same moment by another worker) take the free slots first, in number
-    order, so two trials asked together never pick the same one. The slot, not the trial number, seeds the run and
-    its sampler: a study whose workers were killed and restarted draws the same trials as one that ran undisturbed.
-    """
-    if "slot" in trial.user_attrs:
-        return int(trial.user_attrs["slot"])
-    earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-    if slots(earlier, CLAIMED) >= wanted:
-        return None
-    claimed = [t for t in earlier if _occupies(t)]
-    free = sorted(set(range(wanted)) - {t.user_attrs.get("slot") for t in claimed})
-    choosing = sum("slot" not in t.user_attrs for t in claimed)
-    return free[choosing] if choosing < len(free) else None
-
-
-def slot_duplicate(study: optuna.Study, trial: optuna.Trial, slot: int) -> bool:
-    """Does an earlier live trial hold this slot? (A new trial can take a lost one's slot in the moment between its
-    FAIL and its queued retry; the retry, numbered later, then steps back.)"""
-    return any(
-        t.number < trial.number and t.user_attrs.get("slot") == slot and _occupies(t)
-        for t in study.get_trials(deepcopy=False)
-    )
-
-
-def _occupies(t: FrozenTrial) -> bool:
-    """Running, queued, finished or failed for good: the trial's slot is not free for another."""
-    return t.state in CLAIMED or is_final(t)
-
-
-def mark_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    """Close a claimed trial as FAIL with a readable reason (kept in the storage for the post-mortem)."""
-    trial.set_user_attr("fail_reason", reason)
-    study.tell(trial, state=TrialState.FAIL)
-
-
+# ------------------------------------------------------------------------------------------- results
 def confirm_key(params: dict[str, Any]) -> str:
     """Identifies the hyperparameters a confirm run used: results of an older best trial are never mixed in."""
     return ";".join(f"{k}={params[k]!r}" for k in sorted(params))
-
-
-def _runs_of(study: optuna.Study, key: str, states: tuple[TrialState, ...]) -> list[FrozenTrial]:
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=states)
-        if t.user_attrs.get("params_key") == key and "seed" in t.user_attrs
-    ]
-
-
-def confirm_claimed(study: optuna.Study, key: str) -> set[int]:
-    """Seeds already done, running or failed for good for these hyperparameters."""
-    live = {int(t.user_attrs["seed"]) for t in _runs_of(study, key, (TrialState.COMPLETE, TrialState.RUNNING))}
-    return live | confirm_failed(study, key)
-
-
-def confirm_failed(study: optuna.Study, key: str) -> set[int]:
-    """Seeds whose run failed for good (an error, or out of memory twice): not run again."""
-    return {int(t.user_attrs["seed"]) for t in _runs_of(study, key, (TrialState.FAIL,)) if is_final(t)}
-
-
-def confirm_done(study: optuna.Study, key: str) -> set[int]:
-    """Seeds finished for these hyperparameters."""
-    return {int(t.user_attrs["seed"]) for t in _runs_of(study, key, (TrialState.COMPLETE,))}
-
-
-def confirm_queued(study: optuna.Study, key: str, seed: int) -> bool:
-    """Is a WAITING trial for (key, seed) already queued (a retry or another worker's claim)? Then pop, don't add."""
-    return any(t.user_attrs["seed"] == seed for t in _runs_of(study, key, (TrialState.WAITING,)))
-
-
-def confirm_duplicate(study: optuna.Study, trial: optuna.Trial, key: str, seed: int) -> bool:
-    """Did another worker claim (key, seed) with an earlier trial while this one was being created?"""
-    return any(
-        t.number < trial.number and t.user_attrs.get("seed") == seed
-        for t in _runs_of(study, key, (TrialState.COMPLETE, TrialState.RUNNING))
-    )
 
 
 def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:

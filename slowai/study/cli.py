@@ -25,11 +25,14 @@ from slowai.study.args import (
     nonnegative_int,
     positive_int,
     preflight,
+    seconds_arg,
     seed_arg,
     seeds_arg,
     subset_arg,
     wandb_project_arg,
 )
+from slowai.study.patience import DEFAULT_PATIENCE_S
+from slowai.study.slurm import add_slurm_args, launcher
 from slowai.study.spec import (
     PRUNERS,
     WANDB_MODES,
@@ -152,7 +155,30 @@ def build_parser(
         metavar="SEC",
         help="a running trial without heartbeat for this long is failed and retried (default: 2 x interval)",
     )
+    a(
+        "--storage-patience",
+        type=seconds_arg,
+        default=DEFAULT_PATIENCE_S,
+        metavar="SEC",
+        help="how long every storage call waits out an outage (refused connection, server restarting) before the "
+        "run stops; 0 fails at once (default: %(default)g)",
+    )
+    a(
+        "--trial-timeout",
+        type=seconds_arg,
+        metavar="SEC",
+        help="a trial running longer is failed and retried (default: 5 x the plan's estimate of one run, >= 900)",
+    )
+    a(
+        "--max-retries",
+        type=nonnegative_int,
+        default=Liveness.max_retry,
+        metavar="N",
+        help="retries of a tune slot or confirm seed whose worker was lost, timed out or ran out of memory, before it "
+        "is failed for good (default: %(default)s)",
+    )
     a("--worker-id", type=nonnegative_int, help=argparse.SUPPRESS)  # set by --workers on the processes it starts
+    add_slurm_args(p)
     return p
 
 
@@ -211,10 +237,12 @@ def main(
             progress=not args.no_progress,
             margin=args.margin / 100,
         )
-        liveness = Liveness(args.heartbeat_interval, args.grace_period)
+        liveness = Liveness(
+            args.heartbeat_interval, args.grace_period, args.max_retries, args.storage_patience, args.trial_timeout
+        )
         preflight(spec, args)
         fixed = args.seeds != "auto"
-        run_study(
+        launcher(args, run_study)(
             spec,
             quick=args.quick,
             time_budget_s=args.time_budget * 60,
@@ -222,7 +250,7 @@ def main(
             log=_worker_log(args.worker_id),
             report_only=args.report_only,
             workers=args.workers,
-            worker_command=_worker_command(name, argv) if args.workers > 1 else None,
+            worker_command=_worker_command(name, argv) if args.workers > 1 or args.launcher == "slurm" else None,
             worker_id=args.worker_id,
             liveness=liveness,
             trials=args.trials,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from slowai.data import DataLoaders, dataset_factory, dataset_options
+from slowai.data.splits import redraw
 from slowai.study.knobs import TrainConfig
 from slowai.study.spec import Budget, StudySpec, json_safe
 
@@ -47,11 +48,16 @@ class StudyData:
             self._cache[key] = dls
         return self._cache[key]
 
-    def for_stage(self, budget: Budget, stage: str, cfg: TrainConfig | None = None) -> DataLoaders:
-        """A stage's loaders, with the batch size and data settings a trial's hyperparameters ask for."""
+    def for_stage(
+        self, budget: Budget, stage: str, cfg: TrainConfig | None = None, seed: int | None = None
+    ) -> DataLoaders:
+        """A stage's loaders, with the batch size and data settings a trial's hyperparameters ask for; a confirm run
+        of seed s trains and validates on seed s's split of the training pool (`splits.redraw`), the same for
+        every candidate, so verdicts average over splits too."""
         subset = budget.tune_subset if stage == "tune" else budget.confirm_subset
         bs = cfg.bs if cfg is not None and cfg.bs is not None else budget.bs
-        return self.load(subset, bs, **(cfg.data_kw if cfg is not None else {}))
+        dls = self.load(subset, bs, **(cfg.data_kw if cfg is not None else {}))
+        return redraw(dls, seed) if stage == "confirm" and seed is not None else dls
 
     def sizes(self, subset: int | None) -> tuple[int, int, int]:
         """(train, valid, test) images under `subset`, as the dataset itself splits them."""
@@ -62,7 +68,8 @@ class StudyData:
         """What defines the data of this study: dataset name, its settings and the copy it was read from."""
         dls = self.load(None, Budget().bs)
         settings = {k: json_safe(v) for k, v in {**dls.settings, **self.spec.data_kwargs}.items()}
-        return {"name": self.spec.dataset_name, "settings": settings, "input_shape": list(dls.input_shape)}
+        shape = list(dls.input_shape)
+        return {"name": self.spec.dataset_name, "settings": settings, "input_shape": shape, "confirm_split": "by seed"}
 
 
 def describe_data(dls: DataLoaders) -> Mapping[str, Any]:

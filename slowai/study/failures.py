@@ -4,18 +4,23 @@
   seed (`slowai.study.claims.fail_lost_trials`);
 - an exception from the training itself (a bug in a model, a space, a callback): failed with its reason, final;
 - out of memory: retried once (memory is freed first), then final;
-- the storage unreachable (a database restarting): nothing can be recorded, so the worker waits and retries the
-  job, and the held trial comes back through its lease;
-- Ctrl-C / SystemExit: the trial is failed and the worker stops; the next run retries it.
+- the storage unreachable (a database restarting): every storage call waits it out (`slowai.study.patience`); one
+  that outlasts the patience stops the worker, and the held trial comes back through its lease;
+- past its deadline (`--trial-timeout`): failed and retried like a lost trial;
+- Ctrl-C / SystemExit: the trial is failed, a retry is queued, and the worker stops; the next run pops it.
+
+A lost, timed-out, out-of-memory or interrupted trial counts as one attempt at its tune slot or confirm seed; after
+`max_retry` retries the slot or seed is failed for good, so a trial that kills its own process cannot loop forever.
 """
 
 from __future__ import annotations
 
 import gc
+import re
 
 import torch
 
-ERROR, OOM, STORAGE, INTERRUPTED, LOST = "error", "oom", "storage", "interrupted", "lost"
+ERROR, OOM, STORAGE, INTERRUPTED, LOST, DEADLINE = "error", "oom", "storage", "interrupted", "lost", "deadline"
 OOM_RETRIES = 1
 _OOM_TEXT = ("out of memory", "can't allocate memory", "failed to allocate memory")
 
@@ -28,12 +33,14 @@ class Dropped(Exception):
     """This worker's trial was declared lost and closed by another worker meanwhile: its late result is dropped."""
 
 
-class StorageDown(Exception):
-    """The storage could not be reached; the job is tried again after a pause."""
+class TrialDeadline(Exception):
+    """Raised in the worker's main thread when its trial outlives `--trial-timeout`."""
 
 
 def reason(e: BaseException) -> str:
     """The one line a failed trial records."""
+    if isinstance(e, TrialDeadline):
+        return str(e)
     return "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
 
 
@@ -43,6 +50,8 @@ def kind(e: BaseException) -> str:
         return INTERRUPTED
     if isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and any(s in str(e) for s in _OOM_TEXT)):
         return OOM
+    if isinstance(e, TrialDeadline):
+        return DEADLINE
     if storage_error(e):
         return STORAGE
     return ERROR
@@ -50,16 +59,58 @@ def kind(e: BaseException) -> str:
 
 def storage_error(e: BaseException) -> bool:
     """A lost or refused connection to the storage, anywhere in the exception's chain (Optuna wraps SQLAlchemy's
-    connection errors in its own StorageInternalError)."""
+    connection errors in its own StorageInternalError), transient or not."""
+    return any(_is_connection_error(x) for x in _chain(e))
+
+
+def transient_storage_error(e: BaseException) -> bool:
+    """An outage worth waiting out (refused, missing socket, server closed the connection, timeouts, a server
+    starting up; Redis' equivalents), not a permanent mistake (bad credentials, unknown database or host)."""
+    return storage_error(e) and not any(p in str(x).lower() for x in _chain(e) for p in _PERMANENT_TEXT)
+
+
+_PERMANENT_TEXT = (
+    "authentication failed",
+    "does not exist",  # unknown database or role
+    "no pg_hba.conf entry",
+    "could not translate host name",
+    "name or service not known",
+    "invalid password",
+    "username-password",  # Redis: AUTH refused
+    "authentication required",
+    "wrongpass",
+    "noauth",
+    "access denied",
+    "unknown database",
+)
+
+
+def _chain(e: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while e is not None and all(e is not s for s in seen):
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+def _is_connection_error(e: BaseException) -> bool:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, (OperationalError, InterfaceError, ConnectionError)):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
+    if isinstance(e, (OperationalError, InterfaceError, ConnectionError, TimeoutError)):
+        return True
+    try:
+        from redis.exceptions import BusyLoadingError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # no redis client installed: no redis storage either
+        return False
+    return isinstance(e, (RedisConnectionError, RedisTimeoutError, BusyLoadingError))
+
+
+def first_line(e: BaseException) -> str:
+    """'FATAL: password authentication failed ...' out of '(psycopg2.OperationalError) connection ... failed: ...'."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return re.sub(r"^\([\w.]+\)\s*", "", text)
 
 
 def free_memory() -> None:

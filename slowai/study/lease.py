@@ -7,7 +7,11 @@ NFS study uses), its public stale check cannot record why a trial failed, and a 
 API only (`set_trial_user_attr`): the heartbeat is a counter the owner bumps every `interval` seconds, and each
 watcher times how long it has seen the same value on its *own* monotonic clock, so hosts need no synchronized
 clocks. A RUNNING trial with no owner and no beat (the `ask()` window) ages the same way, so nobody waits on it
-forever. A process of this host that is gone is known lost at once, without waiting.
+forever. A process that is gone is known lost at once, without waiting, but only where that can be checked: the
+same kernel boot and PID namespace (a shared hostname alone proves nothing: host networking, cloned VMs). A trial
+this very process owns but no longer holds (it lost its storage mid-trial) is lost too, so a lone worker never waits
+on itself. Time the storage was unreachable does not count against anyone's beat, and a trial running past its
+deadline (`--trial-timeout`) is failed even if its worker still beats.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 from optuna.exceptions import UpdateFinishedTrialError
@@ -26,8 +31,11 @@ from optuna.trial import FrozenTrial
 
 BEAT = "heartbeat"  # user attr: the owner's counter, bumped every interval while it holds the trial
 OWNER = "worker"  # user attr: the owner's worker id
+PLACE = "worker_place"  # user attr: the owner's kernel boot and PID namespace (where its pid means something)
+DEADLINE = "deadline_s"  # user attr: seconds the trial may run before it is failed and retried
 
 _ids: dict[int, str] = {}
+_held: set[tuple[str, int]] = set()  # (study name, trial number) of the trials this process holds right now
 
 
 def worker_id() -> str:
@@ -39,11 +47,25 @@ def worker_id() -> str:
     return _ids[pid]
 
 
-def _process_gone(owner: str) -> bool:
-    """Is `owner` a worker of this host whose process no longer exists? (Fast path; the beat covers the rest.)"""
+def place() -> str:
+    """'<boot id>/<pid namespace>' of this process ('' where /proc cannot tell): two processes with the same place
+    share one pid space, so one can check whether the other's pid is alive."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _process_gone(owner: str, owner_place: str | None) -> bool:
+    """Is `owner` a worker in this very pid space whose process no longer exists? (Fast path; the beat covers the
+    rest.) Same host name is not enough: containers on the host network and cloned VMs share it."""
     host, _, rest = owner.partition(":")
     pid = rest.split(":", 1)[0]
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+    here = place()
+    if not here or owner_place != here or host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)
@@ -60,8 +82,11 @@ class Heartbeat:
     A beat that fails (database restarting, journal briefly locked) is retried at the next interval; a trial another
     worker has meanwhile closed stops the beat (the owner's next write to it then drops its late result)."""
 
-    def __init__(self, storage: BaseStorage, trial_id: int, interval: float) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+    def __init__(
+        self, storage: BaseStorage, trial_id: int, interval: float, key: tuple[str, int], deadline_s: float | None
+    ) -> None:
+        self.storage, self.trial_id, self.interval, self.key = storage, trial_id, interval, key
+        self.deadline_s = deadline_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"slowai-heartbeat-{trial_id}", daemon=True)
         self._n = 0
@@ -80,41 +105,62 @@ class Heartbeat:
                 continue
 
     def __enter__(self) -> Heartbeat:
+        _held.add(self.key)
         self.storage.set_trial_user_attr(self.trial_id, OWNER, worker_id())
+        self.storage.set_trial_user_attr(self.trial_id, PLACE, place())
+        if self.deadline_s is not None:
+            self.storage.set_trial_user_attr(self.trial_id, DEADLINE, self.deadline_s)
         self.beat()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        _held.discard(self.key)
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
 
 
 @dataclass
 class Watch:
-    """Remembers, per RUNNING trial, the (owner, beat) last seen and since when (this process's monotonic clock)."""
+    """Remembers, per RUNNING trial, the (owner, beat) last seen and since when, and when it was first seen running
+    (this process's monotonic clock)."""
 
     grace: float
     seen: dict[tuple[str, int], tuple[tuple, float]] = field(default_factory=dict)
+    first: dict[tuple[str, int], float] = field(default_factory=dict)
 
-    def lost(self, study_name: str, running: list[FrozenTrial]) -> dict[int, str]:
-        """trial number → why its worker counts as lost: process gone on this host, or no beat for `grace` s."""
+    def lost(self, study_name: str, running: list[FrozenTrial], since: float = 0.0) -> dict[int, str]:
+        """trial number → why it counts as lost: its worker's process is gone, this process abandoned it, no beat for
+        `grace` s (not counting time before `since`, when the storage came back from an outage), or it ran past
+        its deadline."""
         now, out = time.monotonic(), {}
-        numbers = {t.number for t in running}
-        for key in [k for k in self.seen if k[0] == study_name and k[1] not in numbers]:
-            del self.seen[key]  # finished meanwhile: forget it
+        self._forget(study_name, {t.number for t in running})
         for t in running:
-            owner = t.user_attrs.get(OWNER)
-            if owner == worker_id():
-                continue
-            if owner and _process_gone(owner):
-                out[t.number] = f"worker {owner} died (process gone)"
-                continue
-            key, state = (study_name, t.number), (owner, t.user_attrs.get(BEAT))
-            last = self.seen.get(key)
-            if last is None or last[0] != state:
-                self.seen[key] = (state, now)
-            elif now - last[1] > self.grace:
-                who = f"worker {owner}" if owner else "a worker that died before recording itself"
-                out[t.number] = f"{who} lost: no heartbeat for {self.grace:g} s"
+            key = (study_name, t.number)
+            self.first.setdefault(key, now)
+            if why := self._why_lost(t, key, now, since):
+                out[t.number] = why
         return out
+
+    def _forget(self, study_name: str, running: set[int]) -> None:
+        """Trials finished meanwhile are forgotten."""
+        for d in (self.seen, self.first):
+            for key in [k for k in d if k[0] == study_name and k[1] not in running]:
+                del d[key]
+
+    def _why_lost(self, t: FrozenTrial, key: tuple[str, int], now: float, since: float) -> str | None:
+        owner = t.user_attrs.get(OWNER)
+        if owner == worker_id():
+            return None if key in _held else f"worker {owner} (this one) lost it to a storage outage mid-trial"
+        if owner and _process_gone(owner, t.user_attrs.get(PLACE)):
+            return f"worker {owner} died (process gone)"
+        deadline = t.user_attrs.get(DEADLINE)
+        if deadline is not None and now - max(self.first[key], since) > deadline + self.grace:
+            return f"deadline: running for over {deadline:g} s (--trial-timeout) on worker {owner}"
+        state, last = (owner, t.user_attrs.get(BEAT)), self.seen.get(key)
+        if last is None or last[0] != state:
+            self.seen[key] = (state, now)
+        elif now - max(last[1], since) > self.grace:
+            who = f"worker {owner}" if owner else "a worker that died before recording itself"
+            return f"{who} lost: no heartbeat for {self.grace:g} s"
+        return None

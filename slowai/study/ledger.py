@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from slowai.study import claims
+from slowai.study import claims, workqueue
 from slowai.study import storage as st
 from slowai.study.lease import Watch
 from slowai.study.spec import Budget, StudySpec
@@ -39,8 +39,9 @@ def confirm_seeds(spec: StudySpec, budget: Budget, n: int | None = None) -> list
 
 
 class Ledger:
-    """Opens each (candidate, stage) study once per process; every access first fails (and queues a retry of)
-    trials whose worker is gone, so a waiting worker takes over a killed one's work."""
+    """Opens each (candidate, stage) study once per process, queueing a tune study's slots (once per study, by the
+    first worker to claim them); every access first fails (and queues a retry of) trials whose worker is gone, so a
+    waiting worker takes over a killed one's work."""
 
     def __init__(
         self,
@@ -85,6 +86,8 @@ class Ledger:
         for k, v in attrs.items():
             if study.user_attrs.get(k) != v and self._may_write(study.user_attrs, k):
                 study.set_user_attr(k, v)
+        if stage == "tune":
+            workqueue.queue_tune_slots(self.storage, self.spec.name, study, candidate, self.budget.trials)
         return study
 
     def _may_write(self, stored: dict[str, Any], key: str) -> bool:
@@ -125,12 +128,13 @@ class Ledger:
         key, conf = claims.confirm_key(best), self.study(candidate, "confirm")
         done = conf.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         accs = {int(t.user_attrs["seed"]): float(t.value) for t in done if t.user_attrs.get("params_key") == key}
-        return accs, claims.confirm_failed(conf, key)
+        return accs, workqueue.confirm_failed(conf, key)
 
     def held_by(self) -> set[str]:
-        """Workers holding a running or queued trial in any study this process has opened."""
-        busy = (TrialState.RUNNING, TrialState.WAITING)
-        return {t.user_attrs.get("worker", "?") for s in self.studies.values() for t in s.get_trials(states=busy)}
+        """Workers holding a running trial in any study this process has opened (this one's own abandoned trials are
+        failed as lost on the next access, so a lone worker never waits on itself)."""
+        running = (TrialState.RUNNING,)
+        return {t.user_attrs.get("worker", "?") for s in self.studies.values() for t in s.get_trials(states=running)}
 
 
 def done_counts(spec: StudySpec, storage: Any, budget: Budget) -> dict[str, tuple[int, int]]:
@@ -148,6 +152,6 @@ def done_counts(spec: StudySpec, storage: Any, budget: Budget) -> dict[str, tupl
         best, k = claims.best_trial(tune), 0
         if best is not None and cn in names:
             conf = optuna.load_study(study_name=cn, storage=storage)
-            k = len(claims.confirm_claimed(conf, claims.confirm_key(best.params)) & seeds)
-        done[c.name] = (min(claims.count(tune, claims.FINISHED), budget.trials), k)
+            k = len(seeds) - len(workqueue.missing_seeds(conf, claims.confirm_key(best.params), seeds))
+        done[c.name] = (min(sum(t.state in claims.FINISHED for t in tune), budget.trials), k)
     return done

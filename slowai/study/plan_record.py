@@ -19,6 +19,9 @@ storage operation. The plan is the trial with the lowest number. That is atomic 
   commit sees every lower-numbered trial.
 
 Creating `<study>/plan` itself can race (two creators: DuplicatedStudyError for one), so the loser loads it.
+
+The same first-writer-wins record decides who queues a batch of work (`first_claim`: a candidate's tune slots, a
+confirm round's seeds; see `slowai.study.workqueue`), so each batch is queued once.
 """
 
 from __future__ import annotations
@@ -106,6 +109,18 @@ def claim(storage: Any, study: str, proposal: PlanRecord) -> PlanRecord:
     won = _winner(plans)
     assert won is not None, "a proposal just added must be readable"
     return won
+
+
+def first_claim(storage: Any, study: str, what: str) -> bool:
+    """Is this worker the first to claim `what` in the study (e.g. queueing a batch of work)? One trial per claim in
+    `<study>/plan`; the lowest-numbered claim of `what` wins, exactly as for the plan itself."""
+    plans, token = _plan_study(storage, plan_study_name(study)), uuid.uuid4().hex
+    attrs = {"claim": what, "token": token, "writer": worker_id()}
+    plans.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0, user_attrs=attrs))
+    done = plans.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return (
+        min((t for t in done if t.user_attrs.get("claim") == what), key=lambda t: t.number).user_attrs["token"] == token
+    )
 
 
 def _plan_study(storage: Any, name: str) -> optuna.Study:

@@ -28,7 +28,7 @@ class Planning:
         """Validate, probe, and choose the budget or read the stored one; writes nothing, so --plan-only stops here."""
         st.check_storage_url(self.storage_url)
         if self._storage_exists():  # never create one here: --plan-only leaves no file behind
-            self.storage = st.open_storage(self.storage_url)
+            self.storage = st.open_storage(self.storage_url, self.patience)
         self.stored = resume.stored_attrs(self.storage, self.spec)
         self.record = plan_record.read(self.storage, self.spec.name)
         settled = resume.stored_budget(self.stored) or (self.record.budget if self.record else None)
@@ -71,10 +71,7 @@ class Planning:
         if self.stored or self.record is None:
             return
         if changes := resume.diff(Budget(**self.record.budget).fingerprint(), budget.fingerprint(), "budget"):
-            raise StudyError(
-                f"study {self.spec.name!r} was planned with other settings: {'; '.join(changes)}. Only --trials and "
-                "--seeds may change on resume: use a new --study-name"
-            )
+            raise StudyError(resume.refusal(f"study {self.spec.name!r} was planned", changes))
 
     def _needs_probe(self, settled: dict | None) -> bool:
         """A `--workers` child skips the probe (the parent printed the plan) unless it must choose the budget."""

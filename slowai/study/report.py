@@ -11,7 +11,7 @@ from typing import Any
 
 from slowai.study import storage as st
 from slowai.study import tables
-from slowai.study.analysis import test_error
+from slowai.study.analysis import pairing_gain, test_error
 from slowai.study.plots import make_plots
 from slowai.study.results import CandidateResult, StudyResult, collect
 from slowai.study.spec import Candidate
@@ -65,11 +65,15 @@ def _answer(res: StudyResult) -> list[str]:
 
 READING = (
     "Each comparison is candidate − reference on test accuracy, paired by seed (seed s gives every candidate the "
-    "same batches and augmentations). **better/worse**: the difference test rejects Δ = 0; **equivalent**: Δ is "
-    "shown to lie within ±margin (two one-sided tests); **inconclusive**: neither, and effects smaller than the "
-    "stated size would go unseen at that many seeds (80% power). adj. p is Holm-adjusted across comparisons and "
-    "(for sequential seeds) across looks, so it is compared with 0.05 directly. ± test set is the binomial "
-    "sampling error of one run's accuracy on a test set that size, which no number of seeds removes."
+    "same batches and augmentations). **better/worse**: the difference test rejects Δ = 0, and the printed "
+    "interval (the one that decided, at its look's level) excludes 0; **equivalent**: the 1 − 2α interval shown "
+    "lies inside ±margin (two one-sided tests); **inconclusive**: neither; the effect that many seeds would have "
+    "found with 80% probability is given from 3 pairs on. adj. p is Holm-adjusted across comparisons on p-values "
+    "of group-sequential boundaries that spend exactly α over the looks, so it is compared with 0.05 directly. "
+    "P(better) is the chance a run of the candidate beats a run of the reference (rliable's probability of "
+    "improvement, 0.5 = no difference) with a bootstrap interval over seeds. Δ adj. for early stop removes the "
+    "mean bias of stopping when an effect looks large (Whitehead's estimate). ± test set is half the 95% Wilson "
+    "interval of one run's accuracy on a test set that size, which no number of seeds removes."
 )
 
 
@@ -83,15 +87,20 @@ def verdicts(res: StudyResult) -> dict[str, Any]:
             "verdict": c.verdict.verdict,
             "delta": c.diff.delta,
             "ci": [c.diff.lo, c.diff.hi],
+            "ci_level": 1 - c.verdict.alpha_look,
+            "equivalence_ci": [c.verdict.equiv.lo, c.verdict.equiv.hi] if c.verdict.equiv else None,
+            "delta_adjusted": c.adjusted,
+            "p_improvement": list(c.p_improve) if c.p_improve else None,
             "method": c.diff.method,
             "pairs": c.diff.n,
             "p_adj": c.verdict.p_adj,
             "p_equiv_adj": c.verdict.p_equiv_adj,
-            "decided_at_seeds": c.verdict.n,
+            "decided_at_seeds": c.verdict.decided_at_seeds,
+            "look_seeds": c.verdict.n,
             "alpha_look": c.verdict.alpha_look,
             "margin": c.verdict.margin,
             "mde": c.verdict.mde,
-            "unpaired_ci": [c.welch.lo, c.welch.hi] if c.welch else None,
+            "pairing_gain": pairing_gain(c),
             "test_set_error": test_error(c),
             "diverged_seeds": [t.user_attrs.get("seed") for t in c.diverged],
         }

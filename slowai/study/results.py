@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from slowai.study import claims
+from slowai.study import claims, testset
 from slowai.study import storage as st
 from slowai.study.stats import DiffCI, MeanCI, mean_ci, welch_diff
 from slowai.study.verdicts import Effect, Verdict
@@ -37,12 +38,25 @@ class CandidateResult:
     published: Mapping[str, float] | None = None
     tune_values: list[float] = field(default_factory=list)  # validation accuracy of each completed tune trial
     verdict: Verdict | None = None  # vs the reference (see slowai.study.verdicts)
-    welch: DiffCI | None = None  # the same runs compared unpaired: how much pairing narrowed the interval
+    welch: DiffCI | None = None  # the look's runs compared unpaired at the same level: what pairing narrowed
+    paired: DiffCI | None = None  # the same runs paired, seeds' variance only (no test-set term): Welch's match
+    adjusted: float = math.nan  # Δ corrected for stopping early (slowai.study.verdicts.adjusted_estimate)
+    p_improve: tuple[float, float, float] | None = None  # P(candidate > reference) and its bootstrap interval
     failures: list[FrozenTrial] = field(default_factory=list)  # failed tune/confirm trials, with their reasons
 
     @property
     def by_seed(self) -> dict[int, float]:
         return {int(t.user_attrs["seed"]): float(t.user_attrs["test_accuracy"]) for t in self.runs}
+
+    @property
+    def images(self) -> dict[int, np.ndarray]:
+        """Per-test-image correctness of each confirm run that stored it (`slowai.study.testset`), by seed."""
+        out = {}
+        for t in self.runs:
+            a = t.user_attrs
+            if testset.ATTR in a and a.get("test_size"):
+                out[int(a["seed"])] = testset.unpack(a[testset.ATTR], int(a["test_size"]))
+        return out
 
     @property
     def diverged(self) -> list[FrozenTrial]:

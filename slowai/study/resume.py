@@ -1,7 +1,9 @@
 """What a resumed study must keep: a fingerprint of everything that changes results, stored with its trials.
 
 Why: a study resumed with another dataset setting, epoch count, model kwarg, recipe, search space, pruner or seed
-would silently mix two experiments in one table. Only `--trials` and `--seeds` may grow; new candidates may join.
+would silently mix two experiments in one table; one resumed with other seeds, max seeds, margin or α would change
+the sequential design after its looks were seen, and void its error rate. Only `--trials` may grow (tuning reads
+validation data only); new candidates may join.
 Accelerations (compile, channels-last, bf16) are recorded per trial but not fingerprinted: workers on different
 machines may differ there, and the numbers agree within float tolerance.
 """
@@ -15,6 +17,7 @@ import optuna
 from slowai.study import storage as st
 from slowai.study.knobs import describe_space, dry_draws
 from slowai.study.spec import Budget, Candidate, StudyError, StudySpec
+from slowai.study.stats import ALPHA
 
 ATTR = "fingerprint"
 SHOWN_CHARS = 60
@@ -32,6 +35,7 @@ def fingerprint(
         "pruner": spec.pruner,
         "seed": spec.seed,
         "margin": spec.margin,  # the sequential stopping rule uses it: fixed before the first look
+        "alpha": ALPHA,
     }
 
 
@@ -62,13 +66,27 @@ def check(spec: StudySpec, stored: dict[str, dict[str, Any]], fingerprints: dict
         if ATTR not in attrs:  # a study from before fingerprints: at least the dataset and budget must match
             old = {"dataset": attrs.get("dataset"), "budget": Budget(**attrs["budget"]).fingerprint()}
             new = {"dataset": spec.dataset_name, "budget": fingerprints[cand]["budget"]}
-        else:  # studies from before the margin was fingerprinted ran with the default one
-            old, new = {"margin": 0.003, **attrs[ATTR]}, fingerprints[cand]
+        else:
+            old, new = _upgraded(attrs), fingerprints[cand]
         if changes := diff(old, new):
-            raise StudyError(
-                f"study {spec.name!r} ({cand}) was run with other settings: {'; '.join(changes)}. Only --trials and "
-                "--seeds may change on resume: use a new --study-name"
-            )
+            raise StudyError(refusal(f"study {spec.name!r} ({cand}) was run", changes))
+
+
+def refusal(what: str, changes: list[str]) -> str:
+    """The one line a changed resume gets: what changed, why it cannot, and what to do instead."""
+    return (
+        f"{what} with other settings: {'; '.join(changes)}. Only --trials may grow on resume (seeds, max seeds, "
+        "margin and α are the design the verdicts' error rate rests on): use a new --study-name"
+    )
+
+
+def _upgraded(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A stored fingerprint with what older versions left out filled in as they ran: the default margin and α,
+    and the seeds of the budget stored beside it."""
+    fp = {"margin": 0.003, "alpha": ALPHA, **attrs[ATTR]}
+    stored = attrs.get("budget", {})
+    budget = {k: stored[k] for k in ("seeds", "max_seeds") if k in stored}
+    return {**fp, "budget": {**budget, **fp.get("budget", {})}}
 
 
 def diff(old: Any, new: Any, path: str = "") -> list[str]:

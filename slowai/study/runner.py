@@ -27,6 +27,7 @@ from slowai.study import storage as st
 from slowai.study.analysis import analyze, design_of
 from slowai.study.data import StudyData
 from slowai.study.ledger import Ledger
+from slowai.study.patience import Patience
 from slowai.study.planner import Planning
 from slowai.study.report import StudyResult
 from slowai.study.scheduler import Scheduler, say_to
@@ -65,6 +66,8 @@ class Runner(Planning):
         self.out = self.spec.out_dir
         self.storage_url = st.normalize_url(self.spec.storage or str(st.default_storage_path(self.out)))
         self.shown_url = st.display_url(self.storage_url)
+        self.liveness = self.liveness.for_storage(self.storage_url)
+        self.patience = Patience(self.liveness.storage_patience, self.log, repr(self.shown_url))
         self.data = StudyData(self.spec, self.device)
         self.plan: planning.Plan | None = None
         self.storage: Any = None
@@ -81,8 +84,9 @@ class Runner(Planning):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our per-trial lines say it better
         self.out.mkdir(parents=True, exist_ok=True)
         if self.storage is None:
-            self.storage = st.open_storage(self.storage_url)
+            self.storage = st.open_storage(self.storage_url, self.patience)
         self._claim_plan()
+        self.liveness = self.liveness.with_default_timeout(max(self.plan.per_run.values(), default=0.0))
         attrs = {
             "dataset": self.spec.dataset_name,
             "study": self.spec.name,
@@ -165,7 +169,7 @@ class Runner(Planning):
         """--report-only: rebuild the report from whatever the storage holds; no data, no training."""
         if self.spec.storage is None and not Path(self.storage_url).exists():
             raise StudyError(f"nothing to report: no storage at {self.storage_url} (run the study first)")
-        self.storage = st.open_storage(self.storage_url)
+        self.storage = st.open_storage(self.storage_url, self.patience)
         if not any(c.finished_tune for c in self.collect().candidates):
             raise StudyError(f"nothing to report: study {self.spec.name!r} has no finished trials in {self.shown_url}")
         budget = resume.stored_budget(resume.stored_attrs(self.storage, self.spec))

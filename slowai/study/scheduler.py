@@ -1,9 +1,10 @@
-"""Claiming work from the storage, running it, and waiting for (or taking over) what other workers hold.
+"""Popping work from the storage's queue, running it, and waiting for (or taking over) what other workers hold.
 
-Every unit of work is claimed from the storage right before it runs (tune: "fewer than N finished or running
-trials"; confirm: "(hyperparameters, seed) not yet done"), so rerunning resumes, adding trials adds only the missing
-ones, and several workers (processes, GPUs, machines) can share one study: each keeps claiming until nothing is
-left, then waits for what others still run (taking over trials of workers that died).
+Every unit of work is a queued trial (`slowai.study.workqueue`): a candidate's tune slots are queued once when its
+study is opened, a confirm round's seeds once its tuning has finished everywhere (and, with sequential seeds, once
+the round before left a comparison undecided). Workers pop until nothing is left, then wait for what others still
+run (taking over trials of workers that died), so rerunning resumes, adding trials queues only the missing ones,
+and several workers (processes, GPUs, machines) can share one study.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from slowai.study import claims, failures
+from slowai.study import claims, failures, workqueue
 from slowai.study import plan as planning
 from slowai.study.analysis import design_of
 from slowai.study.data import StudyData
@@ -29,8 +30,7 @@ from slowai.study.verdicts import seeds_needed
 
 TUNE_SEED_BASE = 10_000
 POLL_S = 2.0  # how often an idle worker re-reads the storage while others finish their trials
-STUCK_POLLS = 5  # idle polls with no trial held anywhere before pending work counts as stuck (a bug, not a wait)
-STORAGE_PATIENCE_S = 600.0  # how long a worker rides out an unreachable storage (a database restart) before giving up
+STUCK_POLLS = 5  # idle polls with nothing running anywhere before missing work is queued again (or is stuck)
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Job:
     candidate: str
     seed: int | None = None
     estimate_s: float = 0.0
+    round: list[int] | None = None  # a confirm job's whole round of seeds (queued together)
 
     def __str__(self) -> str:
         return f"{self.candidate} {self.stage}" + (f" seed {self.seed}" if self.seed is not None else "")
@@ -62,57 +63,50 @@ class Scheduler:
         self.spec, self.plan, self.ledger, self.data, self.trials = spec, plan, ledger, data, trials
         self.budget, self.say, self.poll_s = plan.budget, say, poll_s
         self._waiting_on: set[str] = set()
-        self._down_since: float | None = None
 
     # ------------------------------------------------------------------------------------ one job
     def run_one(self, cand: Candidate, stage: str, study: optuna.Study, trial: optuna.Trial, seed: int, bar: Any):
         """Draw the hyperparameters, route them, and train on the stage's data."""
         hp = self.spec.space_of(cand)(trial)
         cfg = route(hp, cand.recipe, f"the search space of {cand.name!r}")
-        dls = self.data.for_stage(self.budget, stage, cfg)
+        dls = self.data.for_stage(self.budget, stage, cfg, seed)  # a confirm seed draws its split (issue 20)
         epochs = self.budget.tune_epochs if stage == "tune" else self.budget.confirm_epochs
         ctx = TrialContext(self.spec, cand, stage, seed, trial, hp, cfg, dls, epochs, self.spec.out_dir)
         return self.trials.run(ctx, study, bar)
 
     def tune_one(self, cand: Candidate, bar: Any) -> str | None:
-        """Claim and run one tune trial if the candidate still needs one (counted from the storage, all workers)."""
+        """Pop and run one of the candidate's queued tune slots, if any is queued."""
         study = self.ledger.study(cand.name, "tune")
-        wanted = self.budget.trials
-        if not claims.tune_open(study, wanted):
+        if not workqueue.has_waiting(study):
             return None
-        trial = study.ask()  # a queued retry of a lost trial first, else a new one
+        trial = study.ask()  # one queued slot (or a retry), this worker's alone
+        slot = trial.user_attrs.get("slot")
         with self._hold(study, trial, f"{cand.name} tune t{trial.number}"):
-            slot = claims.tune_slot(study, trial, wanted)
-            if slot is None:
-                claims.mark_failed(study, trial, "surplus: another worker claimed the last trial")
-                return None
-            trial.set_user_attr("slot", slot)
-            if claims.slot_duplicate(study, trial, slot):
-                claims.mark_failed(study, trial, f"surplus: an earlier trial holds tune slot {slot}")
+            if slot is None or workqueue.holds_earlier(study, trial, "slot", slot):
+                workqueue.mark_surplus(study, trial, "no tune slot was left to pop")
                 return None
             study.sampler = self.ledger.sampler(cand.name, "tune", slot)
-            seed = TUNE_SEED_BASE + slot
-            out: Outcome = self.run_one(cand, "tune", study, trial, seed, bar)
+            out: Outcome = self.run_one(cand, "tune", study, trial, TUNE_SEED_BASE + slot, bar)
         return f"{cand.name} tune t{trial.number}: valid acc {_fmt(out.last_valid)} ({out.state}) in {out.wall_s:.1f} s"
 
-    def confirm_one(self, cand: Candidate, seed: int, bar: Any) -> str | None:
-        """Claim and run a confirm run (best params, `seed`, or a queued one) once tuning has finished everywhere."""
-        if not claims.tune_done(self.ledger.study(cand.name, "tune"), self.budget.trials):
+    def confirm_one(self, cand: Candidate, seeds: list[int], bar: Any) -> str | None:
+        """Queue the round's `seeds` (once, by whichever worker claims them first) and pop and run one queued seed,
+        once tuning has finished everywhere."""
+        if not self._tuned(cand.name):
             return None  # another worker still tunes this candidate: its best params are not final yet
         best = self.ledger.best_params(cand.name)
         if best is None:
             return None  # every tune trial was pruned or failed: reported as such, nothing to confirm
-        key = claims.confirm_key(best)
-        study = self.ledger.study(cand.name, "confirm")
-        if seed in claims.confirm_claimed(study, key):
+        key, study = claims.confirm_key(best), self.ledger.study(cand.name, "confirm")
+        workqueue.queue_seeds(self.ledger.storage, self.spec.name, study, cand.name, best, seeds)
+        if not workqueue.has_waiting(study):
             return None
-        if not claims.confirm_queued(study, key, seed):
-            study.enqueue_trial(best, user_attrs={"seed": seed, "params_key": key})
-        trial = study.ask()  # pops the oldest waiting trial: ours, a retry, or another worker's claim
-        seed = trial.user_attrs.get("seed", seed)
+        trial = study.ask()  # one queued seed (or a retry), this worker's alone
+        seed = trial.user_attrs.get("seed")
         with self._hold(study, trial, f"{cand.name} confirm seed {seed} (t{trial.number})"):
-            if trial.user_attrs.get("params_key") != key or claims.confirm_duplicate(study, trial, key, seed):
-                claims.mark_failed(study, trial, "surplus: claimed by another worker")
+            stale = trial.user_attrs.get("params_key") != key  # queued for an older best trial
+            if seed is None or stale or workqueue.holds_earlier(study, trial, "seed", seed, key):
+                workqueue.mark_surplus(study, trial, "no confirm seed with the current best params was left to pop")
                 return None
             out = self.run_one(cand, "confirm", study, trial, seed, bar)
         acc = out.test["accuracy"] if out.test else float("nan")
@@ -122,28 +116,15 @@ class Scheduler:
         return claims.hold(self.ledger.storage, self.ledger.liveness, study, trial, label)
 
     def do(self, job: Job, bar: Any) -> str | None:
-        """Run one job; a failed or dropped trial is a line of output, an unreachable storage a pause."""
+        """Run one job; a failed or dropped trial is a line of output. (An outage is waited out by the storage itself,
+        `slowai.study.patience`; one that outlasts the patience stops the worker.)"""
         cand = self.spec.candidate(job.candidate)
         try:
-            out = self.tune_one(cand, bar) if job.stage == "tune" else self.confirm_one(cand, job.seed, bar)
+            if job.stage == "tune":
+                return self.tune_one(cand, bar)
+            return self.confirm_one(cand, job.round or [job.seed], bar)
         except (failures.TrialFailed, failures.Dropped) as e:
-            out = str(e)
-        except Exception as e:
-            self._storage_down(e)
-            return None
-        self._down_since = None
-        return out
-
-    def _storage_down(self, e: Exception) -> None:
-        """Re-raise `e` unless the storage is unreachable; then wait, up to `STORAGE_PATIENCE_S` in all."""
-        if not (isinstance(e, failures.StorageDown) or failures.storage_error(e)):
-            raise e
-        now = time.monotonic()
-        self._down_since = self._down_since or now
-        if now - self._down_since > STORAGE_PATIENCE_S:
-            raise StudyError(f"storage unreachable for {planning.fmt_seconds(now - self._down_since)}: {e}") from e
-        self.say(f"storage unreachable ({str(e).splitlines()[0][:120]}); retrying in {self.poll_s:g} s")
-        time.sleep(self.poll_s)
+            return str(e)
 
     # ------------------------------------------------------------------------------------ all jobs
     def jobs(self) -> list[Job]:
@@ -153,9 +134,10 @@ class Scheduler:
         for c in self.spec.candidates:
             n = b.trials - done[c.name][0]
             jobs += [Job("tune", c.name, estimate_s=est.per_trial("tune", c.name, n)) for _ in range(n)]
+        first = self.ledger.seeds()
         for c in self.spec.candidates:
             per = est.per_trial("confirm", c.name, b.seeds - done[c.name][1])
-            jobs += [Job("confirm", c.name, seed=s, estimate_s=per) for s in self.ledger.seeds()]
+            jobs += [Job("confirm", c.name, seed=s, estimate_s=per, round=first) for s in first]
         return jobs
 
     def pending(self) -> list[Job]:
@@ -170,11 +152,11 @@ class Scheduler:
         for name, done in accs.items():
             wanted = confirm_seeds(self.spec, self.budget, need.get(name, self.budget.seeds))
             failed = states[name][1]
-            jobs += [Job("confirm", name, seed=s) for s in wanted if s not in done and s not in failed]
+            jobs += [Job("confirm", name, seed=s, round=wanted) for s in wanted if s not in done and s not in failed]
         return jobs
 
     def _tuned(self, candidate: str) -> bool:
-        return claims.tune_done(self.ledger.study(candidate, "tune"), self.budget.trials)
+        return workqueue.tune_done(self.ledger.study(candidate, "tune"), self.budget.trials)
 
     def _seeds_needed(self, accs: dict[str, dict[int, float]]) -> dict[str, int]:
         """Seeds per candidate by the sequential rule (`slowai.study.verdicts`); a fixed study needs `seeds`."""
@@ -210,10 +192,10 @@ class Scheduler:
                 self.say(f"[{i}/{len(jobs)}] {msg}" + (f"; ETA {planning.fmt_seconds(left)}" if est_done else ""))
 
     def finish_remaining(self) -> None:
-        """Until the whole study is finished: run what became claimable (confirms after tuning, retries of lost
+        """Until the whole study is finished: run what became poppable (confirms after tuning, retries of lost
         trials), else sleep `poll_s` while other workers run theirs."""
         idle = 0
-        while todo := self._pending():
+        while todo := self.pending():
             ran = False
             for job in todo:
                 if msg := self.do(job, None):
@@ -222,26 +204,32 @@ class Scheduler:
             if ran:
                 idle = 0
                 continue
-            try:
-                idle = 0 if self._note_waiting() else idle + 1
-            except Exception as e:
-                self._storage_down(e)
-                continue
-            if idle > STUCK_POLLS:  # nobody holds a trial, yet the work stays undone: waiting would never end
-                left = ", ".join(map(str, todo))
-                raise StudyError(f"study {self.spec.name!r} is stuck: {left} cannot be claimed and no worker runs them")
+            idle = 0 if self._note_waiting() else idle + 1
+            if idle > STUCK_POLLS:  # nothing runs anywhere, yet work is missing: queue it again, or it never ends
+                if not self._refill(todo):
+                    left = ", ".join(map(str, todo))
+                    raise StudyError(
+                        f"study {self.spec.name!r} is stuck: {left} cannot be claimed and no worker runs them"
+                    )
+                idle = 0
             time.sleep(self.poll_s)
 
-    def _pending(self) -> list[Job]:
-        """`pending()`, riding out a storage outage: while unreachable, the work is unknown, not done."""
-        while True:
-            try:
-                todo = self.pending()
-            except Exception as e:
-                self._storage_down(e)
-                continue
-            self._down_since = None
-            return todo
+    def _refill(self, todo: list[Job]) -> bool:
+        """Queue the work that nothing stands for (its filler or a retry's closer died mid-way); True if any."""
+        added = False
+        for name in {j.candidate for j in todo if j.stage == "tune"}:
+            study = self.ledger.study(name, "tune")
+            if missing := workqueue.missing_slots(study, self.budget.trials):
+                workqueue.enqueue_slots(study, missing)
+                self.say(f"queued {name}'s tune slots {missing} again: nothing stood for them")
+                added = True
+        for job in {j.candidate: j for j in todo if j.stage == "confirm"}.values():
+            best, study = self.ledger.best_params(job.candidate), self.ledger.study(job.candidate, "confirm")
+            if best and (missing := workqueue.missing_seeds(study, claims.confirm_key(best), job.round or [])):
+                workqueue.enqueue_seeds(study, best, missing)
+                self.say(f"queued {job.candidate}'s confirm seeds {missing} again: nothing stood for them")
+                added = True
+        return added
 
     def _note_waiting(self) -> bool:
         """Say (once per change) which workers this one waits for: a stuck wait names its culprit. True if any."""

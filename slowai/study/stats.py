@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ class DiffCI:
     n: int = 0
     method: str = "Welch"
     sd: float = math.nan
+    test_var: float = 0.0  # τ²: the test images' share of se² (slowai.study.testset), 0 when not estimated
 
     @property
     def half_width(self) -> float:
@@ -85,7 +86,7 @@ def _t(conf: float, df: float) -> float:
     return float(stats.t.ppf((1 + conf) / 2, df))
 
 
-def _interval(delta: float, se: float, df: float, conf: float, n: int, method: str, sd: float) -> DiffCI:
+def t_interval(delta: float, se: float, df: float, conf: float, n: int, method: str, sd: float) -> DiffCI:
     """Δ ± t_{(1+conf)/2, df}·se and p = 2·P(T_df > |Δ|/se); se = 0 means an exact difference."""
     if se == 0:
         return DiffCI(delta, delta, delta, 1.0 if delta == 0 else 0.0, math.inf, 0.0, n, method, 0.0)
@@ -104,7 +105,7 @@ def welch_diff(a: Sequence[float], b: Sequence[float], conf: float = 0.95) -> Di
     delta, se = float(xa.mean() - xb.mean()), math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1)) if se > 0 else math.inf
     sd = math.sqrt((xa.var(ddof=1) + xb.var(ddof=1)) / 2)
-    return _interval(delta, se, df, conf, min(len(xa), len(xb)), "Welch", sd)
+    return t_interval(delta, se, df, conf, min(len(xa), len(xb)), "Welch", sd)
 
 
 def paired_diff(a: Sequence[float], b: Sequence[float], conf: float = 0.95) -> DiffCI:
@@ -114,7 +115,14 @@ def paired_diff(a: Sequence[float], b: Sequence[float], conf: float = 0.95) -> D
     if n < 2:
         return DiffCI(float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, math.nan, n=n, method="paired")
     sd = float(d.std(ddof=1))
-    return _interval(float(d.mean()), sd / math.sqrt(n), n - 1, conf, n, "paired", sd)
+    return t_interval(float(d.mean()), sd / math.sqrt(n), n - 1, conf, n, "paired", sd)
+
+
+def at_level(d: DiffCI, conf: float) -> DiffCI:
+    """The same estimate and test at another confidence level: Δ ± t_{(1+conf)/2, df}·se."""
+    if not math.isfinite(d.df) or d.se == 0:
+        return d
+    return replace(t_interval(d.delta, d.se, d.df, conf, d.n, d.method, d.sd), test_var=d.test_var)
 
 
 def compare(a: Mapping[int, float], b: Mapping[int, float], conf: float = 0.95) -> DiffCI:
@@ -177,14 +185,41 @@ def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
         return approx * sd / math.sqrt(n)
 
 
-def binomial_half_width(acc: float, n_test: int, conf: float = 0.95) -> float:
-    """Test-set sampling error of one accuracy: z_{(1+conf)/2}·√(acc(1-acc)/n_test) (normal approximation).
+def wilson_interval(acc: float, n_test: int, conf: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of one run's test accuracy p̂ on n images, z = z_{(1+conf)/2}:
+    (p̂ + z²/2n ± z·√(p̂(1-p̂)/n + z²/4n²)) / (1 + z²/n).
 
     It is the noise of scoring a finite test set, separate from seed-to-seed noise: 102 test images put ±10 points
-    on an accuracy of 0.5 however many seeds run."""
+    on an accuracy of 0.5 however many seeds run; unlike the Wald interval it is not ±0 at 100% (96.4-100 there)."""
     if n_test < 1 or not math.isfinite(acc):
-        return math.nan
-    return float(stats.norm.ppf((1 + conf) / 2)) * math.sqrt(acc * (1 - acc) / n_test)
+        return math.nan, math.nan
+    z = float(stats.norm.ppf((1 + conf) / 2))
+    centre = (acc + z * z / (2 * n_test)) / (1 + z * z / n_test)
+    half = z * math.sqrt(acc * (1 - acc) / n_test + z * z / (4 * n_test**2)) / (1 + z * z / n_test)
+    return centre - half, centre + half
+
+
+def prob_improvement(
+    a: Sequence[float], b: Sequence[float], conf: float = 0.95, reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """P(A > B) as rliable defines it (Agarwal et al. 2021): (1/n²)·Σ_i Σ_j [1(a_i > b_j) + ½·1(a_i = b_j)], with
+    a percentile bootstrap interval that resamples seeds with their pairs kept (a_i and b_i move together).
+
+    Why beside Δ: it needs no normality and reads as "how often a run of A beats a run of B"; 0.5 is no difference."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    n = len(x)
+    if n == 0 or len(y) != n:
+        return math.nan, math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, n, (reps, n))
+    boot = _beats(x[idx], y[idx])
+    lo, hi = np.quantile(boot, [(1 - conf) / 2, (1 + conf) / 2])
+    return float(_beats(x[None, :], y[None, :])[0]), float(lo), float(hi)
+
+
+def _beats(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise mean over all (i, j) of 1(x_i > y_j) + ½·1(x_i = y_j)."""
+    gt = (x[:, :, None] > y[:, None, :]).mean(axis=(1, 2))
+    return gt + 0.5 * (x[:, :, None] == y[:, None, :]).mean(axis=(1, 2))
 
 
 def expected_max(values: Sequence[float]) -> list[float]:
@@ -199,12 +234,9 @@ def expected_max(values: Sequence[float]) -> list[float]:
 
 
 def look_alphas(first: int, last: int, alpha: float = ALPHA) -> dict[int, float]:
-    """α spent at each look n = first..last (seeds per candidate) of a sequential study, by a union bound
-    (Bonferroni over looks): half of α at the last look, the other half evenly over the earlier ones; Σ = α.
+    """α spent at each look n = first..last by the union bound (Bonferroni over looks): α·w_n with w_n the
+    boundary's shape, half at the last look and the rest evenly before (Σ = α). Kept as the "before" of the
+    calibrated boundaries in `slowai.study.sequential`, which spend all of α with the same shape."""
+    from slowai.study.sequential import shape
 
-    Why this split: looks are correlated, so the union bound is conservative; keeping half for the last look
-    costs little power there while still letting a clear effect stop early. One look gets all of α."""
-    if last <= first:
-        return {first: alpha}
-    early = alpha / 2 / (last - first)
-    return {n: (alpha / 2 if n == last else early) for n in range(first, last + 1)}
+    return {n: alpha * w for n, w in shape(first, last).items()}

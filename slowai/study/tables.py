@@ -10,8 +10,33 @@ from optuna.trial import FrozenTrial
 
 from slowai.study.analysis import pairing_gain, test_error
 from slowai.study.results import CandidateResult, StudyResult
+from slowai.study.testset import share
 
 Table = tuple[list[str], list[list[str]]]
+AGREES = (
+    "Each Δ's interval is the one its verdict was taken on (its look's level after Holm and the sequential "
+    "boundary), so it excludes 0 exactly when the verdict is better or worse."
+)
+
+
+def population(res: StudyResult) -> str:
+    """One line on what a verdict generalises to: which sources of variation its interval averages over."""
+    seeded = all(c.images and len(c.images) == len(c.runs) for c in res.candidates if c.runs)
+    if seeded:
+        return (
+            "Population: a verdict speaks about these candidates with their tuned settings on this dataset's task: "
+            "averaged over seeds, each drawing its own train/valid split (where valid is not the test set), "
+            "initialisation, batch order and augmentation, and over test images like these (the test set's sampling "
+            "error is in every interval)."
+        )
+    return (
+        "Population: a verdict speaks about these candidates with their tuned settings, averaged over seeds, on "
+        "this one test set: its runs stored no per-image results, so the test set's sampling error ('± test "
+        "set') is not in the intervals."
+    )
+
+
+DELTA_HEAD = "Δ vs ref (CI that decided)"  # the look's interval at its Holm and sequential level, see verdicts.py
 
 
 def pct(x: float | None) -> str:
@@ -48,23 +73,38 @@ def _expected(res: StudyResult, name: str) -> str:
 
 
 def verdict_text(c: CandidateResult) -> str:
-    """'better', 'equivalent (±0.30)', 'inconclusive: < 1.2 undetectable at n=3', '' for the reference."""
+    """'better', 'equivalent (±0.30): [−0.12, +0.20] inside', 'inconclusive: an effect of 1.20 would be found with
+    80% probability at n=5', 'inconclusive: too few seeds to say (n=2)', '' for the reference."""
     v = c.verdict
     if v is None:
         return ""
     if v.verdict == "equivalent":
-        return f"equivalent (±{100 * v.margin:.2f})"
+        inside = _ci(v.equiv.lo, v.equiv.hi) + " inside" if v.equiv is not None else ""
+        return f"equivalent (±{100 * v.margin:.2f}):{inside}"
     if v.verdict == "inconclusive":
-        if not v.mde < 1:  # NaN (no look yet) or above 100 points: too few seeds for any effect
-            return f"inconclusive: {v.n} seed{'s' * (v.n != 1)} too few for any effect"
-        return f"inconclusive: effects under {100 * v.mde:.2f} undetectable at n={v.n}"
+        if v.too_few:
+            return f"inconclusive: too few seeds to say (n={v.n})"
+        if not v.mde < 1:  # an effect beyond 100 points: nothing was detectable
+            return f"inconclusive: no effect detectable at n={v.n}"
+        return f"inconclusive: an effect of {100 * v.mde:.2f} would be found with 80% probability at n={v.n}"
     return v.verdict
 
 
+def _improvement(c: CandidateResult) -> str:
+    """P(candidate > reference) over the look's paired seeds with its 95% bootstrap interval."""
+    if c.p_improve is None:
+        return "n/a"
+    p, lo, hi = c.p_improve
+    return f"{p:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def comparison(res: StudyResult) -> Table:
-    """One row per candidate (reference first): accuracy, Δ with its paired CI, verdict, adjusted p, cost."""
-    heads = ["candidate", "n", "valid acc %", "test acc % (95% CI)", "± test set", "Δ vs ref (95% CI)", "verdict"]
-    heads += ["adj. p", "params", "MFLOPs", "s/epoch", "E[best valid] 1→N trials", "best hp"]
+    """One row per candidate (reference first): accuracy, Δ with the interval that decided, verdict, adjusted p,
+    P(better), Δ adjusted for stopping early (sequential designs), cost."""
+    sequential = res.design is not None and res.design.sequential
+    heads = ["candidate", "n", "valid acc %", "test acc % (95% CI)", "± test set", DELTA_HEAD, "verdict", "adj. p"]
+    heads += ["P(better) (95% CI)"] + ["Δ adj. for early stop"] * sequential
+    heads += ["params", "MFLOPs", "s/epoch", "E[best valid] 1→N trials", "best hp"]
     published = any(c.published for c in res.candidates)
     rows = []
     for c in sorted(res.candidates, key=lambda c: c.name != res.reference):
@@ -79,7 +119,9 @@ def comparison(res: StudyResult) -> Table:
         spe = "n/a" if math.isnan(c.seconds_per_epoch) else f"{c.seconds_per_epoch:.1f}"
         err = test_error(c)
         row = [c.name, str(len(c.runs)), pct(c.valid_acc), acc, "n/a" if math.isnan(err) else f"{100 * err:.2f}"]
-        row += [delta, verdict_text(c), p, f"{c.params:,}", f"{c.mflops:.1f}", spe, _expected(res, c.name)]
+        row += [delta, verdict_text(c), p, "" if c.name == res.reference else _improvement(c)]
+        row += ["" if c.name == res.reference else signed(c.adjusted)] * sequential
+        row += [f"{c.params:,}", f"{c.mflops:.1f}", spe, _expected(res, c.name)]
         rows.append(row + [_hp(c.best)] + [_published(c.published)] * published)
     return heads + ["published valid / test %"] * published, rows
 
@@ -87,7 +129,7 @@ def comparison(res: StudyResult) -> Table:
 def ablation(res: StudyResult) -> Table:
     """The classic ablation table: what changed vs the base, Δ accuracy (CI), verdict and the cost deltas."""
     ref = next((c for c in res.candidates if c.name == res.reference), None)
-    heads = ["changed vs " + res.reference, "Δ test acc (95% CI)", "verdict", "Δ params", "Δ MFLOPs", "Δ s/epoch"]
+    heads = ["changed vs " + res.reference, DELTA_HEAD, "verdict", "Δ params", "Δ MFLOPs", "Δ s/epoch"]
     rows = []
     for c in res.candidates:
         if c.name == res.reference or ref is None:
@@ -112,8 +154,8 @@ def _delta_s(a: float, b: float) -> str:
 
 
 def effects(res: StudyResult) -> Table:
-    """Factorial main effects and interactions (accuracy points) with 95% CIs and Holm-adjusted p."""
-    heads = ["effect", "levels", "estimate (95% CI)", "adj. p", "verdict"]
+    """Factorial main effects and interactions (accuracy points) with CIs at Holm's level and Holm-adjusted p."""
+    heads = ["effect", "levels", "estimate (CI at Holm's level)", "adj. p", "verdict"]
     rows = [
         [
             e.name,
@@ -130,11 +172,12 @@ def effects(res: StudyResult) -> Table:
 def curve(res: StudyResult) -> Table:
     """Paired Δ validation accuracy per epoch and of the curve's area, marked where Holm-significant."""
     epochs = max((int(r["epoch"]) for rows in res.epoch_effects.values() for r in rows), default=0)
-    heads = ["comparison", *(f"epoch {e}" for e in range(1, epochs + 1)), "area (mean over epochs)"]
+    area = any(int(r["epoch"]) == 0 for rows in res.epoch_effects.values() for r in rows)
+    heads = ["comparison", *(f"epoch {e}" for e in range(1, epochs + 1))] + ["area (mean over epochs)"] * area
     out = []
     for name, rows in res.epoch_effects.items():
         by_epoch = {int(r["epoch"]): r for r in rows}
-        cells = [_curve_cell(by_epoch.get(e)) for e in [*range(1, epochs + 1), 0]]
+        cells = [_curve_cell(by_epoch.get(e)) for e in [*range(1, epochs + 1), *[0] * area]]
         out.append([name, *cells])
     return heads, out
 
@@ -147,35 +190,43 @@ def _curve_cell(r: Mapping[str, float] | None) -> str:
 
 
 def notes(res: StudyResult) -> list[str]:
-    """What the numbers can and cannot say: method, pairing gain, diverged runs, test-set error."""
+    """What the numbers can and cannot say: method, population, pairing gain, diverged runs."""
     d, out = res.design, []
     if d is not None:
         looks = f"sequential looks at {d.first}..{d.last} seeds" if d.sequential else f"one look at {d.first} seeds"
-        out.append(f"Verdicts: {d.method}; {looks}; α = {d.alpha}; margin ±{100 * d.margin:.2f} points.")
+        out.append(f"Verdicts: {d.method}; {looks}; α = {d.alpha}; margin ±{100 * d.margin:.2f} points. {AGREES}")
+        out.append(population(res))
     for c in res.candidates:
+        if c.diff is not None and c.diff.test_var > 0:
+            out.append(
+                f"`{c.name}`: the test set is {100 * share(c.diff):.0f}% of the variance of Δ (±"
+                f"{100 * math.sqrt(c.diff.test_var):.2f} points, one standard error), a part no number of seeds "
+                "shrinks; its interval and test include it."
+            )
         gain = pairing_gain(c)
         if c.diff is not None and c.diff.method == "Welch" and c.name != res.reference:
             out.append(f"`{c.name}`: fewer than 2 paired seeds with the reference, so Welch's unpaired test is used.")
         elif not math.isnan(gain):
             w = c.welch
             how = (
-                f"narrowed the 95% CI of Δ by {100 * gain:.0f}%"
+                f"narrowed the CI of Δ by {100 * gain:.0f}%"
                 if gain >= 0
                 else (
-                    f"widened the 95% CI of Δ by {-100 * gain:.0f}% (the seeds' noise was not shared, and pairing "
+                    f"widened the CI of Δ by {-100 * gain:.0f}% (the seeds' noise was not shared, and pairing "
                     "costs degrees of freedom)"
                 )
             )
             out.append(
-                f"`{c.name}`: pairing seeds {how}: ±{100 * c.diff.half_width:.2f} paired vs "
-                f"±{100 * w.half_width:.2f} unpaired, same runs."
+                f"`{c.name}`: pairing seeds {how}: ±{100 * c.paired.half_width:.2f} paired vs "
+                f"±{100 * w.half_width:.2f} unpaired, same runs and level, seeds' variance only."
             )
         if c.best is None and c.tune_counts:
             out.append(unconfirmed(c))
         for t in c.diverged:
             out.append(
                 f"`{c.name}` seed {t.user_attrs.get('seed')} diverged ({t.user_attrs.get('stop_reason')}); it is "
-                f"counted at its test accuracy {pct(t.user_attrs.get('test_accuracy'))} %, not dropped."
+                f"counted at its test accuracy {pct(t.user_attrs.get('test_accuracy'))} %, not dropped (dropping "
+                "would hide a recipe's instability and bias Δ in its favour)."
             )
     return out
 

@@ -26,7 +26,7 @@ from slowai.data import DataLoaders
 from slowai.learner import DeviceCB, Learner
 from slowai.optim import create_optimizer
 from slowai.schedules import create_schedule
-from slowai.study import artifacts
+from slowai.study import artifacts, testset
 from slowai.study.callbacks import FiniteLossCB, NonFiniteLoss, PruningCB, TrialBarCB
 from slowai.study.data import describe_data
 from slowai.study.failures import reason
@@ -132,6 +132,8 @@ class TrialRunner:
         finally:
             dls.train.reseed(None)
         test = evaluate(model, dls.test) if not tune else None
+        if test is not None:
+            test[testset.ATTR] = _per_image(model, dls.test)
         wall = time.perf_counter() - t0
         train_s = [r["seconds"] for r in metrics.train_history]
         return Outcome(_history(metrics), sum(train_s) / max(len(train_s), 1), wall, test, state, why), model
@@ -225,6 +227,8 @@ class TrialRunner:
             trial.set_user_attr("test_accuracy", out.test["accuracy"])
             trial.set_user_attr("test_loss", out.test["loss"])
             summary |= {"test_accuracy": out.test["accuracy"], "test_loss": out.test["loss"]}
+            if testset.ATTR in out.test:
+                trial.set_user_attr(testset.ATTR, out.test[testset.ATTR])
         if out.state == "pruned":
             study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -237,6 +241,21 @@ class TrialRunner:
                 study.tell(trial, value)
         run.summary(summary)
         run.finish(0)
+
+
+def _per_image(model: torch.nn.Module, dl: Any) -> str:
+    """Which test images the run got right, packed (`slowai.study.testset`): the verdicts fold the test set's
+    sampling error into Δ from it. One more pass over the test set, in eval mode."""
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    right = []
+    try:
+        with torch.inference_mode():
+            for xb, yb in dl:
+                right.append((model(xb.to(device)).argmax(1) == yb.to(device)).cpu())
+    finally:
+        model.train(was_training)
+    return testset.pack(torch.cat(right).numpy())
 
 
 def _as_list(cbs: Any) -> list[Callback]:

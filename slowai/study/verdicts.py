@@ -2,39 +2,57 @@
 
 The primary family is every candidate vs the reference on final test accuracy. At each look n (n seeds per
 candidate, n = first..last) a comparison still open is tested on its first n paired seeds:
-- difference: paired t-test of Δ = 0, Holm-adjusted across the comparisons, at the look's α_n → better/worse;
-- equivalence: two one-sided tests of |Δ| ≥ margin, Holm-adjusted the same way → equivalent.
-Decided comparisons stop (they count as rejected at later looks). α is spent over looks by a union bound
-(`stats.look_alphas`, Σ α_n = α), so each family keeps its family-wise error ≤ α however often it is looked at: a
-false better/worse anywhere in the study has probability ≤ α, and so has a false equivalent. Adjusted p-values are
-reported on the α scale (p̃ · α/α_n): a verdict is taken exactly when its adjusted p ≤ α.
+- difference: paired t-test of Δ = 0 → better/worse;
+- equivalence: two one-sided tests of |Δ| ≥ margin → equivalent.
+Each look's p-value becomes a sequential p-value through group-sequential boundaries calibrated to spend exactly α
+over the looks (`slowai.study.sequential`), and Holm runs across the comparisons on those (Maurer & Bretz 2013):
+decided comparisons stop and count as rejected at later looks. So a false better/worse anywhere in the study has
+probability ≤ α, and so has a false equivalent. Adjusted p-values are on the α scale: a verdict is taken exactly
+when its adjusted p ≤ α.
 
-Secondary families (reported separately, each Holm-corrected at α): the per-epoch validation curves with their
-area, and the main effects and interactions of a factorial design.
+The interval printed with a verdict is the one that decided it: the paired-t interval at the look's nominal level
+a_n for Holm's last step (α/(m − r)), so it excludes 0 exactly when the verdict is better/worse; an equivalent
+verdict also carries its 1 − 2a_n interval, which lies inside ±margin exactly when it is equivalent.
+
+The secondary families (learning-curve and factorial effects) live in `slowai.study.effects`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from itertools import combinations
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from slowai.study.stats import ALPHA, DiffCI, compare, holm, look_alphas, mde, paired_diff, tost_p
+from slowai.study import sequential
+from slowai.study.effects import Effect, curve_effects, factorial_effects, holm_level
+from slowai.study.stats import ALPHA, DiffCI, at_level, compare, holm, mde, paired_diff, tost_p
+from slowai.study.testset import image_variance, with_images
+
+__all__ = [
+    "Design",
+    "Effect",
+    "Verdict",
+    "adjusted_estimate",
+    "curve_effects",
+    "decide",
+    "factorial_effects",
+    "seeds_needed",
+]
 
 METHOD = (
     "paired t-tests over seeds; Holm across comparisons; equivalence by two one-sided tests (TOST) within ±margin; "
-    "α spent over sequential looks by a union bound (half at the last look)"
+    "group-sequential boundaries calibrated to spend exactly α over the looks (half of it at the last look)"
 )
 DECIDED = ("better", "worse", "equivalent")
+MIN_PAIRS_TO_SAY = 3  # an sd from 2 pairs (1 df) is anywhere from 0.45× to 32× the truth (95%)
 
 
 @dataclass(frozen=True)
 class Design:
     """The stopping rule, fixed before the first look: confirm seeds in look order, the first and last look
-    (seeds per candidate), the equivalence margin and α."""
+    (seeds per candidate), the equivalence margin, α and the boundary ("calibrated", or the old "union" bound)."""
 
     seeds: Sequence[int]
     first: int
@@ -42,6 +60,7 @@ class Design:
     margin: float
     alpha: float = ALPHA
     method: str = METHOD
+    boundary: str = "calibrated"
 
     @property
     def sequential(self) -> bool:
@@ -55,13 +74,22 @@ class Design:
             "margin": self.margin,
             "alpha": self.alpha,
             "method": self.method,
+            "boundary": self.boundary,
         }
+
+    def nominal(self, level: float, n: int, sides: int = 2) -> float:
+        """Look n's nominal level for an overall `level` (see `sequential.nominal`)."""
+        return sequential.nominal(level, n, self.first, self.last, sides, self.boundary)
+
+    def sequential_p(self, p: float, n: int, sides: int = 2) -> float:
+        return sequential.sequential_p(p, n, self.first, self.last, sides, self.boundary)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One comparison's answer. `diff` uses every pair available; `n`, `alpha_look`, `p_adj`, `p_equiv_adj` and
-    `mde` are those of the look that decided it (or of the last look reached, when inconclusive)."""
+    """One comparison's answer, from the look that decided it (or the last look reached, when inconclusive):
+    `diff` is that look's interval at the two-sided level `alpha_look`, `equiv` its 1 − 2·a equivalence interval,
+    `level`/`level_equiv` the overall α' of Holm's step there (what `sequential.adjusted_delta` replays)."""
 
     name: str
     verdict: str  # better | worse | equivalent | inconclusive
@@ -71,72 +99,107 @@ class Verdict:
     p_adj: float
     p_equiv_adj: float
     margin: float
-    look_sd: float = math.nan  # sd of the paired differences at that look
-    comparisons: int = 1
+    equiv: DiffCI | None = None
+    level: float = math.nan
+    level_equiv: float = math.nan
 
     @property
     def decided(self) -> bool:
         return self.verdict in DECIDED
 
     @property
+    def decided_at_seeds(self) -> int | None:
+        """Seeds per candidate at the deciding look; None while undecided."""
+        return self.n if self.decided else None
+
+    @property
+    def too_few(self) -> bool:
+        """Fewer than 3 pairs: no sd worth quoting, so no MDE and no pairing note."""
+        return self.n < MIN_PAIRS_TO_SAY
+
+    @property
     def mde(self) -> float:
-        """Minimum detectable effect (80% power) at the look's n and sd, level α_look/m (Holm's first step)."""
-        return mde(self.look_sd, self.n, self.alpha_look / self.comparisons) if self.alpha_look > 0 else math.nan
+        """The true Δ the look would have found with 80% probability: the noncentral-t MDE at its n, its nominal
+        level and the sd its se implies (se·√n: the paired sd, plus the test images' share when known; NaN below
+        3 pairs)."""
+        if self.too_few or not self.alpha_look > 0:
+            return math.nan
+        return mde(self.diff.se * math.sqrt(self.n), self.n, self.alpha_look)
 
 
-def _at_look(a: Mapping[int, float], b: Mapping[int, float], seeds: Sequence[int], n: int) -> DiffCI | None:
-    """The comparison at look n: paired on the first n seeds, once both candidates ran every one of them.
+def _pairs_at(a: Mapping[int, float], b: Mapping[int, float], seeds: Sequence[int], n: int):
+    """The first n seeds' accuracies of both, once both candidates ran every one of them (else None).
 
-    Never on fewer: a look taken before its round is complete would spend that look's α on less data than planned
-    (and an early look at the last look's α would break the error control)."""
+    Never on fewer: a look taken before its round is complete would spend that look's α on less data than planned."""
     first = seeds[:n]
     if n < 2 or any(s not in a or s not in b for s in first):
         return None
-    return paired_diff([a[s] for s in first], [b[s] for s in first])
+    return [a[s] for s in first], [b[s] for s in first]
 
 
-def decide(runs: Mapping[str, Mapping[int, float]], reference: str, design: Design) -> dict[str, Verdict]:
-    """Verdict of every candidate vs `reference` from {candidate: {seed: accuracy}}, looks at n = first..last."""
-    seeds, first, last, margin, alpha = design.seeds, design.first, design.last, design.margin, design.alpha
+Images = Mapping[str, Mapping[int, np.ndarray]]  # candidate -> seed -> per-test-image correctness
+
+
+def decide(
+    runs: Mapping[str, Mapping[int, float]], reference: str, design: Design, images: Images | None = None
+) -> dict[str, Verdict]:
+    """Verdict of every candidate vs `reference` from {candidate: {seed: accuracy}}, looks at n = first..last;
+    with `images` (every run's per-test-image correctness) the test set's sampling error joins each Δ's test."""
     others = [c for c in runs if c != reference]
-    alphas = look_alphas(first, last, alpha)
     done: dict[str, Verdict] = {}
     seen: dict[str, Verdict] = {}
-    for n in range(first, last + 1):
-        a_n, p_diff, p_eq, diffs = alphas[n], [], [], {}
-        for c in others:
-            if c in done:
-                p_diff.append(0.0 if done[c].verdict != "equivalent" else 1.0)
-                p_eq.append(0.0 if done[c].verdict == "equivalent" else 1.0)
-                continue
-            d = _at_look(runs[c], runs[reference], seeds, n)
-            if d is not None:
-                diffs[c] = d
-            p_diff.append(d.p if d is not None else 1.0)
-            p_eq.append(tost_p(d, margin) if d is not None else 1.0)
-        if not diffs:
+    for n in range(design.first, design.last + 1):
+        pairs = {c: p for c in others if c not in done and (p := _pairs_at(runs[c], runs[reference], design.seeds, n))}
+        if not pairs:
             continue
-        adj_d, adj_e = holm(p_diff), holm(p_eq)
+        tests = {c: _paired(*p, images, c, reference, design.seeds[:n]) for c, p in pairs.items()}
+        q_diff = [_q(done, tests, c, n, design, equivalence=False) for c in others]
+        q_equiv = [_q(done, tests, c, n, design, equivalence=True) for c in others]
+        adj_d, adj_e = holm(q_diff), holm(q_equiv)
+        levels = holm_level(adj_d, design.alpha), holm_level(adj_e, design.alpha)
         for i, c in enumerate(others):
-            if c not in diffs:
-                continue
-            d = diffs[c]
-            pd, pe = min(1.0, adj_d[i] * alpha / a_n), min(1.0, adj_e[i] * alpha / a_n)
-            verdict = ("better" if d.delta > 0 else "worse") if pd <= alpha else "equivalent" if pe <= alpha else ""
-            v = Verdict(c, verdict or "inconclusive", d, d.n, a_n, pd, pe, margin)
-            seen[c] = v
-            if verdict:
-                done[c] = v
-    m = max(len(others), 1)
-    return {c: _final(c, done.get(c) or seen.get(c), runs[c], runs[reference], margin, m) for c in others}
+            if c in pairs:
+                seen[c] = _look(c, tests[c], n, (adj_d[i], adj_e[i]), levels, design)
+                if seen[c].decided:
+                    done[c] = seen[c]
+    return {c: done.get(c) or seen.get(c) or _no_look(c, runs[c], runs[reference], design) for c in others}
 
 
-def _final(name: str, v: Verdict | None, a: Mapping[int, float], b: Mapping[int, float], margin: float, m: int):
-    """The verdict with its interval widened to every pair run (the reference may have run more seeds)."""
-    diff = compare(a, b)
-    if v is None:  # no look reached yet: too few seeds to say anything
-        return Verdict(name, "inconclusive", diff, diff.n, math.nan, math.nan, math.nan, margin)
-    return Verdict(name, v.verdict, diff, v.n, v.alpha_look, v.p_adj, v.p_equiv_adj, margin, v.diff.sd, m)
+def _paired(a: list[float], b: list[float], images: Images | None, c: str, ref: str, seeds: Sequence[int]):
+    """The paired t on the look's seeds, widened by the test images' variance when every run's images are known."""
+    d = paired_diff(a, b)
+    if not images or any(s not in images.get(c, {}) or s not in images.get(ref, {}) for s in seeds):
+        return d
+    ia, ib = np.stack([images[c][s] for s in seeds]), np.stack([images[ref][s] for s in seeds])
+    return with_images(d, image_variance(ia, ib), ia.shape[1]) if ia.shape == ib.shape else d
+
+
+def _q(done: dict[str, Verdict], tests: dict[str, DiffCI], c: str, n: int, design: Design, equivalence: bool):
+    """The sequential p-value of c at look n in one family; a decided comparison counts as rejected in its own."""
+    if c in done:
+        return 0.0 if (done[c].verdict == "equivalent") == equivalence else 1.0
+    if c not in tests:
+        return 1.0
+    d = tests[c]
+    p = tost_p(d, design.margin) if equivalence else d.p
+    return design.sequential_p(p, n, sides=1 if equivalence else 2)
+
+
+def _look(c: str, test: DiffCI, n: int, adjusted: tuple, levels: tuple, design: Design) -> Verdict:
+    """The verdict at look n with the intervals that decided it (see the module docstring)."""
+    p_d, p_e = adjusted
+    verdict = ("better" if test.delta > 0 else "worse") if p_d <= design.alpha else ""
+    verdict = verdict or ("equivalent" if p_e <= design.alpha else "inconclusive")
+    a_d, a_e = design.nominal(levels[0], n), design.nominal(levels[1], n, sides=1)
+    shown, equiv = at_level(test, 1 - a_d), at_level(test, 1 - 2 * a_e)
+    return Verdict(c, verdict, shown, n, a_d, p_d, p_e, design.margin, equiv, levels[0], levels[1])
+
+
+def _no_look(name: str, a: Mapping[int, float], b: Mapping[int, float], design: Design) -> Verdict:
+    """No look reached yet: the estimate only, no interval (nothing was tested, so nothing may be shown as tested)."""
+    d = compare(a, b)
+    bare = replace(d, lo=math.nan, hi=math.nan, p=math.nan)
+    return Verdict(name, "inconclusive", bare, d.n, math.nan, math.nan, math.nan, design.margin)
 
 
 def seeds_needed(runs: Mapping[str, Mapping[int, float]], reference: str, design: Design) -> dict[str, int]:
@@ -152,87 +215,13 @@ def seeds_needed(runs: Mapping[str, Mapping[int, float]], reference: str, design
     return need
 
 
-# ------------------------------------------------------------------------------------------ secondary families
-def curve_effects(
-    curves: Mapping[str, Mapping[int, Sequence[float]]], reference: str, alpha: float = ALPHA
-) -> dict[str, list[dict[str, float]]]:
-    """Per comparison, the paired Δ validation accuracy at each epoch and of the curve's area (the mean over epochs,
-    so in accuracy units), 95% CIs, with Holm across every comparison × (epochs + area) at `alpha`.
-
-    Rows: {"epoch": 1-based, or 0 for the area, "delta", "lo", "hi", "p", "n", "p_adj", "verdict"}."""
-    rows: list[tuple[str, dict]] = []
-    ref = curves.get(reference, {})
-    for c, runs in curves.items():
-        if c == reference:
-            continue
-        epochs = max((len(h) for h in runs.values()), default=0)
-        for e in range(epochs):
-            rows.append((c, {"epoch": e + 1, **_effect(compare(_epoch(runs, e), _epoch(ref, e)))}))
-        area = {s: float(np.mean(h)) for s, h in runs.items() if len(h) == epochs and None not in h}
-        ref_area = {s: float(np.mean(h)) for s, h in ref.items() if len(h) == epochs and None not in h}
-        rows.append((c, {"epoch": 0, **_effect(compare(area, ref_area))}))
-    for (_, r), p in zip(rows, holm([r["p"] for _, r in rows])):
-        r["p_adj"] = p
-        r["verdict"] = ("better" if r["delta"] > 0 else "worse") if p <= alpha else "inconclusive"
-    out: dict[str, list[dict[str, float]]] = {}
-    for c, r in rows:
-        out.setdefault(c, []).append(r)
-    return out
-
-
-def _epoch(runs: Mapping[int, Sequence[float]], e: int) -> dict[int, float]:
-    return {s: float(h[e]) for s, h in runs.items() if len(h) > e and h[e] is not None and math.isfinite(h[e])}
-
-
-def _effect(d: DiffCI) -> dict[str, float]:
-    return {"delta": d.delta, "lo": d.lo, "hi": d.hi, "p": d.p, "n": d.n}
-
-
-@dataclass(frozen=True)
-class Effect:
-    """A factorial effect: `factors` ("act" main effect, or "act×init" interaction) with its paired t-interval over
-    seeds and Holm-adjusted p. `levels` says which way: (from, to) of each factor."""
-
-    factors: tuple[str, ...]
-    levels: tuple[tuple[str, str], ...]
-    diff: DiffCI
-    p_adj: float
-    verdict: str
-
-    @property
-    def name(self) -> str:
-        return "×".join(self.factors)
-
-
-def factorial_effects(
-    cells: Mapping[tuple[str, ...], Mapping[int, float]],
-    factors: Mapping[str, Sequence[str]],
-    alpha: float = ALPHA,
-) -> list[Effect]:
-    """Main effects and interactions of a 2-level full factorial, per seed then over seeds (paired by seed).
-
-    With s_f = ±1 for factor f at its second/first level and k factors, effect(S) = Σ_cells w·y with
-    w = Π_{f∈S} s_f / 2^{k-|S|}: a main effect is mean(y | f second) - mean(y | f first); a two-factor interaction
-    is the difference of differences (how much one factor's effect changes when the other switches). Only seeds
-    every cell ran count. Holm across all effects at `alpha`."""
-    names = list(factors)
-    if any(len(v) != 2 for v in factors.values()):
-        raise ValueError("factorial effects need exactly two levels per factor")
-    seeds = sorted(set.intersection(*(set(r) for r in cells.values()))) if cells else []
-    k, effects = len(names), []
-    for size in range(1, k + 1):
-        for subset in combinations(range(k), size):
-            per_seed = [sum(_weight(cell, subset, factors, names) * cells[cell][s] for cell in cells) for s in seeds]
-            d = paired_diff(per_seed, [0.0] * len(per_seed))
-            lv = tuple((factors[names[i]][0], factors[names[i]][1]) for i in subset)
-            effects.append((tuple(names[i] for i in subset), lv, d))
-    adj = holm([d.p for *_, d in effects])
-    return [
-        Effect(f, lv, d, p, ("positive" if d.delta > 0 else "negative") if p <= alpha else "inconclusive")
-        for (f, lv, d), p in zip(effects, adj)
-    ]
-
-
-def _weight(cell: tuple[str, ...], subset: tuple[int, ...], factors: Mapping, names: list[str]) -> float:
-    sign = math.prod(1 if cell[i] == factors[names[i]][1] else -1 for i in subset)
-    return sign / 2 ** (len(names) - len(subset))
+def adjusted_estimate(v: Verdict, design: Design) -> float:
+    """Δ corrected for stopping early (`sequential.adjusted_delta`), replaying this comparison's own boundaries at
+    its Holm levels; the naive Δ for a fixed design or a comparison no look reached."""
+    if not design.sequential or not math.isfinite(v.level):
+        return v.diff.delta
+    nominals = {
+        n: (design.nominal(v.level, n), design.nominal(v.level_equiv, n, sides=1))
+        for n in range(design.first, design.last + 1)
+    }
+    return sequential.adjusted_delta(v.diff.delta, v.diff.sd, v.margin, nominals)
