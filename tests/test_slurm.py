@@ -278,7 +278,7 @@ def test_a_task_cancelled_mid_trial_loses_nothing(undisturbed, study, pg_server_
 
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_array_and_its_workers_fail_their_trials_cleanly(study, pg_server_url, tmp_path):
-    launcher = launch(study, tmp_path / "out", pg_server_url)
+    launcher = launch(study, tmp_path / "out", pg_server_url, "--epochs", "20")  # still training when Ctrl-C lands
     cand, victim, job, _ = running_task(launcher, pg_server_url, study)
     launcher.send_signal(signal.SIGINT)
     log, _ = launcher.communicate(timeout=90)
