@@ -1,5 +1,5 @@
 """The verdict procedure's error rates and power, now (calibrated group-sequential boundaries) vs before (the
-union bound over looks), on simulated studies under every noise model of `slowai.study.simulation`.
+union bound over looks), on simulated studies under every noise model of `slowai.study.analysis.simulation`.
 
 Each cell decides the same simulated studies both ways (4 candidates: 3 comparisons, looks at 3..10 seeds, margin
 0.3 points, per-run sd 0.3 points): false better/worse (every Δ = 0), false equivalent (every |Δ| = margin), and
@@ -19,9 +19,9 @@ import numpy as np
 from scipy import special
 from scipy import stats as scipy_stats
 
-import slowai.study.stats as study_stats
-from slowai.study.simulation import MARGIN, MODELS, SEEDS, decide_all, simulate
-from slowai.study.verdicts import Design
+import slowai.study.analysis.stats as study_stats
+from slowai.study.analysis.simulation import MARGIN, MODELS, SEEDS, decide_all, simulate
+from slowai.study.analysis.verdicts import Design
 
 BOUNDARIES = ("calibrated", "union")
 CASES = {  # name: (Δ per candidate, what is counted)

@@ -25,7 +25,7 @@ CANDIDATES = ["residual", "plain", "timm/resnet18"]
 def one(mode: str, preset: int, out: Path) -> None:
     """A single study run in this process (called by the parent in a fresh process)."""
     from slowai.study import StudySpec, run_study
-    from slowai.study.plan import CPU_PRESETS
+    from slowai.study.planning.budget import CPU_PRESETS
 
     accel = {"compile": False, "channels_last": False} if mode == "eager" else {}
     spec = StudySpec(name=f"speed-{mode}", candidates=CANDIDATES, out=out, wandb="disabled", progress=False, **accel)
@@ -36,13 +36,13 @@ def one(mode: str, preset: int, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", type=int, default=1, help="index into slowai.study.plan.CPU_PRESETS (default: 1)")
+    p.add_argument("--preset", type=int, default=1, help="index into planning.budget.CPU_PRESETS (default: 1)")
     p.add_argument("--one", choices=["eager", "auto"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         return one(args.one, args.preset, Path(args.out))
-    from slowai.study.plan import CPU_PRESETS
+    from slowai.study.planning.budget import CPU_PRESETS
 
     print(f"plan: {CPU_PRESETS[args.preset]}  candidates: {', '.join(CANDIDATES)}", flush=True)
     walls = {}

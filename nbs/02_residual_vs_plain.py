@@ -32,9 +32,7 @@ from pathlib import Path
 
 from IPython.display import Image, Markdown, display
 
-from slowai.study import StudySpec, read_offline_run, run_study
-from slowai.study.report import model_summaries
-from slowai.study.tracking import offline_runs
+from slowai.study import StudySpec, model_summaries, offline_runs, read_offline_run, run_study
 
 QUICK = os.environ.get("SLOWAI_NB_QUICK") == "1"
 os.environ.setdefault("WANDB_MODE", "offline")

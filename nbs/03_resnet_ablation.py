@@ -38,7 +38,8 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from slowai.study import Budget, StudySpec, run_study, tables
+from slowai.study import Budget, StudySpec, run_study
+from slowai.study.report import tables
 from studies.resnet_ablation import ABLATION
 
 QUICK = os.environ.get("SLOWAI_NB_QUICK") == "1"

@@ -80,7 +80,7 @@ class MetricsCB(Callback):
         return self._of("eval")
 
 
-def _use_bars() -> bool:
+def live_bars() -> bool:
     """Live bars in notebooks and terminals; plain table lines in logs (CI, redirected output)."""
     return in_notebook() or sys.stdout.isatty()
 
@@ -96,7 +96,7 @@ class ProgressCB(Callback):
     def before_fit(self) -> None:
         self.metrics = self.learn.cb(MetricsCB)
         self.mbar = None
-        if self.bars if self.bars is not None else _use_bars():
+        if self.bars if self.bars is not None else live_bars():
             from fastprogress.fastprogress import master_bar  # imported here: it pulls in a web framework
 
             self.learn.epochs = self.mbar = master_bar(self.learn.epochs)

@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR, OneCycl
 
 from slowai.core import Callback
 from slowai.registry import Registry
+from slowai.utils import first_line
 
 __all__ = [
     "ConstantCB",
@@ -189,8 +190,7 @@ def check_schedule(name: str, kw: dict[str, Any], lr: float = 1e-3) -> None:
             opt.step()
             sched.step()
     except (TypeError, ValueError, ZeroDivisionError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"schedule {name!r} with {kw}: {first}") from None
+        raise ValueError(f"schedule {name!r} with {kw}: {first_line(e)}") from None
 
 
 register_schedule("onecycle")(OneCycleCB)

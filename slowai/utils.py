@@ -59,3 +59,17 @@ def in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def fmt_seconds(s: float) -> str:
+    """'45 s', '12 min', '1 h 05 min'."""
+    if s < 90:
+        return f"{s:.0f} s"
+    m = round(s / 60)
+    return f"{m} min" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line (its message's first line, else its type): what an `error:` line shows."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -14,9 +14,10 @@ from optuna.trial import TrialState
 from slowai.core import Callback
 from slowai.data import TensorLoader
 from slowai.study import Ablation, Budget, Candidate, StudyError, StudySpec, main, run_study
-from slowai.study.ledger import confirm_seeds
-from slowai.study.storage import open_storage, optuna_name
-from slowai.study.verdicts import Design, seeds_needed
+from slowai.study.analysis.verdicts import Design, seeds_needed
+from slowai.study.coordination.storage import open_storage
+from slowai.study.seeds import confirm_seeds
+from slowai.study.spec import optuna_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Budget(trials=1, tune_epochs=1, tune_subset=256, seeds=2, confirm_epochs=2, confirm_subset=256, bs=64)

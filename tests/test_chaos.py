@@ -24,9 +24,11 @@ import pytest
 from optuna.trial import TrialState
 
 from slowai.study import main
-from slowai.study.claims import confirm_key, is_final
-from slowai.study.patience import Patience
-from slowai.study.storage import open_storage, optuna_name
+from slowai.study.coordination.patience import Patience
+from slowai.study.coordination.readback import confirm_key
+from slowai.study.coordination.storage import open_storage
+from slowai.study.coordination.trials import is_final
+from slowai.study.spec import optuna_name
 from studies.digits import space
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,13 +22,13 @@ from optuna.trial import TrialState
 
 from slowai.core import Callback
 from slowai.study import Budget, StudySpec, run_study
-from slowai.study.claims import fail_and_requeue, fail_lost_trials, trial_id
-from slowai.study.failures import LOST, transient_storage_error
-from slowai.study.lease import BEAT, OWNER, PLACE, Heartbeat, Watch, place, worker_id
-from slowai.study.patience import Patience, PatientStorage, StorageUnreachable
+from slowai.study.coordination.failures import LOST, transient_storage_error
+from slowai.study.coordination.lease import BEAT, OWNER, PLACE, Heartbeat, Liveness, Watch, place, worker_id
+from slowai.study.coordination.patience import Patience, PatientStorage, StorageUnreachable
+from slowai.study.coordination.storage import open_storage
+from slowai.study.coordination.trials import fail_and_requeue, fail_lost_trials, trial_id
+from slowai.study.coordination.workqueue import enqueue_slots, missing_slots, queue_tune_slots, tune_done
 from slowai.study.spec import StudyError
-from slowai.study.storage import Liveness, open_storage
-from slowai.study.workqueue import enqueue_slots, missing_slots, queue_tune_slots, tune_done
 
 ROOT = Path(__file__).resolve().parents[1]
 

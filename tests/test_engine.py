@@ -13,7 +13,8 @@ import torch
 
 import slowai
 from slowai.study import Budget, Candidate, StudyError, StudySpec, main, route, run_study
-from slowai.study.storage import open_storage, optuna_name
+from slowai.study.coordination.storage import open_storage
+from slowai.study.spec import optuna_name
 from slowai.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,10 +223,10 @@ def test_a_study_with_compile_trains_compiled_models_and_records_it(tmp_path):
 def test_a_compiled_module_is_reused_with_each_new_trials_seeded_weights():
     from types import SimpleNamespace
 
-    from slowai.study.knobs import TrainConfig
-    from slowai.study.trial import TrialRunner
+    from slowai.study.execution.trial import TrialRunner
+    from slowai.study.space import TrainConfig
 
-    runner = TrialRunner(spec(Path("unused")), tracker=None, accel=lambda c: [], commit=None)
+    runner = TrialRunner(spec(Path("unused")), tracker=None, accel={}, commit=None)
     dls = SimpleNamespace(input_shape=(1, 8, 8), n_classes=10)
     ctx = SimpleNamespace(candidate=Candidate("plain", "plain"), config=TrainConfig(1e-3, "adamw", "onecycle"), dls=dls)
     first = slowai.create_model("plain", in_chans=1, num_classes=10)
@@ -239,32 +240,32 @@ def test_a_compiled_module_is_reused_with_each_new_trials_seeded_weights():
 
 def test_the_estimate_counts_channels_last_as_measured_on_cpu_and_not_on_a_gpu():
     from slowai import accel
-    from slowai.study import speed
+    from slowai.study.planning import speedups
 
     s = spec(Path("unused"), candidates=["plain"])
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     cl = accel.CHANNELS_LAST_SPEEDUP["plain"]
-    assert speed.speedups(s, {"plain": ["channels_last"]}, cpu) == {"plain": (cl, 0.0)}
-    assert speed.speedups(s, {"plain": ["channels_last"]}, gpu) == {"plain": (1.0, 0.0)}  # not measured there
-    factor, once = speed.speedups(s, {"plain": ["channels_last", "compile"]}, cpu)["plain"]
+    assert speedups.speedups(s, {"plain": ["channels_last"]}, cpu) == {"plain": (cl, 0.0)}
+    assert speedups.speedups(s, {"plain": ["channels_last"]}, gpu) == {"plain": (1.0, 0.0)}  # not measured there
+    factor, once = speedups.speedups(s, {"plain": ["channels_last", "compile"]}, cpu)["plain"]
     assert factor == pytest.approx(cl * accel.COMPILE_SPEEDUP["plain"])  # compile's gain is over channels-last's
     assert once == accel.COMPILE_COST_S["cold"]
     other = spec(Path("unused"), candidates=["conv"])
-    assert speed.speedups(other, {"conv": []}, cpu) == {"conv": (1.0, 0.0)}
+    assert speedups.speedups(other, {"conv": []}, cpu) == {"conv": (1.0, 0.0)}
 
 
 def test_speed_ups_are_chosen_by_rule_kept_on_resume_and_overridden_by_flags():
-    from slowai.study import speed
-    from slowai.study.plan import DataSizes, Throughput
+    from slowai.study.planning import speedups
+    from slowai.study.planning.plan import DataSizes, Throughput
 
     s = spec(Path("unused"), candidates=["plain"])
     sizes = DataSizes(10_000, 2_000, 50_000, 10_000, 10_000)
     slow, fast = {"plain": Throughput(50.0, 500.0)}, {"plain": Throughput(1e6, 1e6)}
     cpu, quiet = torch.device("cpu"), lambda msg: None
     big = Budget(trials=6, tune_epochs=2, seeds=3, confirm_epochs=3)
-    assert "compile" in speed.decide(s, big, sizes, slow, cpu, {}, quiet)["plain"]  # hours of training: compile
-    assert "compile" not in speed.decide(s, TINY, sizes, fast, cpu, {}, quiet)["plain"]  # seconds: not worth it
+    assert "compile" in speedups.decide(s, big, sizes, slow, cpu, {}, quiet)["plain"]  # hours of training: compile
+    assert "compile" not in speedups.decide(s, TINY, sizes, fast, cpu, {}, quiet)["plain"]  # seconds: not worth it
     stored = {"plain": {"accel": {"plain": ["channels_last"]}}}
-    assert speed.decide(s, big, sizes, slow, cpu, stored, quiet)["plain"] == ["channels_last"]  # a resume keeps it
+    assert speedups.decide(s, big, sizes, slow, cpu, stored, quiet)["plain"] == ["channels_last"]  # a resume keeps it
     forced = spec(Path("unused"), candidates=["plain"], compile=True, channels_last=False)
-    assert speed.decide(forced, TINY, sizes, fast, cpu, stored, quiet)["plain"] == ["compile"]
+    assert speedups.decide(forced, TINY, sizes, fast, cpu, stored, quiet)["plain"] == ["compile"]

@@ -1,4 +1,4 @@
-"""No single failure stops a study: each failure class ends the way an operator expects (see slowai.study.failures).
+"""No single failure stops a study: each failure class ends the way an operator expects (see coordination.failures).
 
 Lost workers anywhere (not just on this host) are found by the lease; a trial whose worker died right after `ask()`
 is not waited on forever; a late result is dropped; errors fail their trial for good; out-of-memory is retried once;
@@ -17,11 +17,12 @@ from optuna.trial import TrialState
 
 from slowai.core import Callback
 from slowai.study import Budget, StudySpec, run_study
-from slowai.study.claims import close, retry, trial_id
-from slowai.study.lease import Heartbeat, Watch, worker_id
-from slowai.study.storage import Liveness, open_storage, optuna_name
-from slowai.study.trial import Outcome
-from slowai.study.workqueue import enqueue_slots
+from slowai.study.coordination.lease import Heartbeat, Liveness, Watch, worker_id
+from slowai.study.coordination.storage import open_storage
+from slowai.study.coordination.trials import close, retry, trial_id
+from slowai.study.coordination.workqueue import enqueue_slots
+from slowai.study.execution.trial import Outcome
+from slowai.study.spec import optuna_name
 
 TINY = Budget(trials=2, tune_epochs=1, tune_subset=256, seeds=2, confirm_epochs=1, confirm_subset=256, bs=64)
 FAST = Liveness(heartbeat_interval=1, grace_period=2)  # a silent worker is lost after 2 s

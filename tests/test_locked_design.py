@@ -13,9 +13,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from slowai.study import Budget, StudySpec, main, resume, testset
-from slowai.study.spec import StudyError
-from slowai.study.storage import open_storage, optuna_name
+from slowai.study import Budget, StudySpec, main
+from slowai.study.analysis import testset
+from slowai.study.coordination.storage import open_storage
+from slowai.study.planning import fingerprint
+from slowai.study.spec import StudyError, optuna_name
 
 STUDY = ["--dataset", "digits", "--candidates", "plain", "conv", "--wandb", "disabled", "--no-progress"]
 TINY = ["--trials", "1", "--seeds", "3", "--epochs", "1", "--subset", "256", "--study-name", "locked"]
@@ -92,7 +94,7 @@ def test_a_fingerprint_stored_before_the_lock_is_read_with_its_own_seeds():
     stored = {"plain": {"budget": asdict(budget), "fingerprint": {"budget": old_budget, "margin": 0.003}}}
     spec = StudySpec(name="old", candidates=["plain"], wandb="disabled")
     same = {"plain": {"budget": budget.fingerprint(), "margin": 0.003, "alpha": 0.05}}
-    resume.check(spec, stored, same)
+    fingerprint.check(spec, stored, same)
     more = {"plain": {**same["plain"], "budget": budget.with_(seeds=5).fingerprint()}}
     with pytest.raises(StudyError, match=r"budget.seeds 3 → 5.*new --study-name"):
-        resume.check(spec, stored, more)
+        fingerprint.check(spec, stored, more)

@@ -16,10 +16,15 @@ import torch.nn as nn
 from optuna.trial import TrialState
 
 from slowai.data import from_tensors
-from slowai.study import Budget, Candidate, StudySpec, main, plan_cache, plan_record
-from slowai.study import plan as planning
+from slowai.study import Budget, Candidate, StudySpec, main
+from slowai.study.coordination import first_writer
+from slowai.study.coordination.storage import existing_names, open_storage
 from slowai.study.data import StudyData
-from slowai.study.storage import existing_names, open_storage, optuna_name
+from slowai.study.planning import remembered, stored_plan
+from slowai.study.planning.budget import CPU_PRESETS, RESERVE_ROUNDS, choose_budget
+from slowai.study.planning.estimate import estimate, sizes_for
+from slowai.study.planning.probe import EVAL_STEPS, MIN_PROBE_S, MIN_STEPS, PROBE_WARMUP, Throughput, probe
+from slowai.study.spec import optuna_name
 
 STAGES = ("tune", "confirm")
 DIGITS = ["--dataset", "digits", "--candidates", "plain", "--wandb", "disabled", "--no-progress"]
@@ -59,12 +64,12 @@ class Scripted(Candidate):
 def test_probe_takes_the_median_of_at_least_ten_steps():
     dls = from_tensors(torch.rand(64, 1, 8, 8), torch.arange(64) % 4, bs=16, device="cpu")
     t0 = time.perf_counter()
-    tp = planning.probe(Scripted("stalls", "plain"), dls)
+    tp = probe(Scripted("stalls", "plain"), dls)
     model = Scripted.built[-1]
-    assert model.calls[True] >= planning.PROBE_WARMUP + planning.MIN_STEPS  # two warm-ups, then >= 10 timed steps
-    assert time.perf_counter() - t0 >= planning.MIN_PROBE_S  # and >= 2 s of them
+    assert model.calls[True] >= PROBE_WARMUP + MIN_STEPS  # two warm-ups, then >= 10 timed steps
+    assert time.perf_counter() - t0 >= MIN_PROBE_S  # and >= 2 s of them
     assert 16 / 0.04 < tp.train_ips <= 16 / 0.02  # the median step, ~20 ms: the stalls (a mean of 56 ms) do not count
-    assert model.calls[False] >= planning.EVAL_STEPS
+    assert model.calls[False] >= EVAL_STEPS
 
 
 # ------------------------------------------------------------------------------------ hysteresis
@@ -74,7 +79,7 @@ TARGET = 1000.0
 
 def choose(seconds_by_trials, previous=None):
     """The chosen preset's trials, for estimates given as fractions of the target."""
-    b, _ = planning.choose_budget(PRESETS, lambda b: TARGET * seconds_by_trials[b.trials], TARGET, None, previous)
+    b, _ = choose_budget(PRESETS, lambda b: TARGET * seconds_by_trials[b.trials], TARGET, None, previous)
     return b.trials
 
 
@@ -88,29 +93,29 @@ def test_a_previous_choice_is_kept_within_the_band_and_dropped_outside_it():
 
 
 def test_the_last_answer_round_trips_through_the_user_cache(tmp_path):
-    key = plan_cache.question_key(study="s", target=600.0)
-    assert plan_cache.previous(key) is None
-    plan_cache.remember(key, PRESETS[1].with_(max_seeds=7))
-    assert plan_cache.previous(key) == PRESETS[1].with_(max_seeds=7)
+    key = remembered.question_key(study="s", target=600.0)
+    assert remembered.previous(key) is None
+    remembered.remember(key, PRESETS[1].with_(max_seeds=7))
+    assert remembered.previous(key) == PRESETS[1].with_(max_seeds=7)
     assert (tmp_path / "cache" / "slowai" / "plans.json").is_file()
 
 
 def test_the_plan_uses_the_median_of_this_machines_last_probes():
     """One probe on a busy machine is noisy; the median of the last few (this one included) is what plans."""
-    key = plan_cache.question_key(probe="rvp")
-    medians = [plan_cache.smoothed(key, {"a": planning.Throughput(ips, 2 * ips)})["a"] for ips in (100, 200, 110, 300)]
+    key = remembered.question_key(probe="rvp")
+    medians = [remembered.smoothed(key, {"a": Throughput(ips, 2 * ips)})["a"] for ips in (100, 200, 110, 300)]
     assert [m.train_ips for m in medians] == [100, 150, 110, 155]
     assert medians[-1].eval_ips == 310
-    for ips in (120,) * plan_cache.PROBES_KEPT:  # only the last PROBES_KEPT count
-        last = plan_cache.smoothed(key, {"a": planning.Throughput(ips, ips)})["a"]
-    assert last == planning.Throughput(120, 120)
+    for ips in (120,) * remembered.PROBES_KEPT:  # only the last PROBES_KEPT count
+        last = remembered.smoothed(key, {"a": Throughput(ips, ips)})["a"]
+    assert last == Throughput(120, 120)
 
 
 def test_an_unwritable_cache_is_skipped(tmp_path, monkeypatch):
     (tmp_path / "not-a-dir").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-dir"))
-    plan_cache.remember("k", PRESETS[0])  # no error: the cache is only a hint
-    assert plan_cache.previous("k") is None
+    remembered.remember("k", PRESETS[0])  # no error: the cache is only a hint
+    assert remembered.previous("k") is None
 
 
 # ------------------------------------------------------------------------------------ --plan-only
@@ -127,17 +132,17 @@ def test_two_plan_only_runs_on_one_machine_print_the_same_plan(tmp_path, monkeyp
     sizes = StudyData(spec, torch.device("cpu")).sizes
 
     def biggest_s(ips):  # the planner's estimate of the biggest preset, with its two reserve rounds
-        b = planning.CPU_PRESETS[0].with_(seeds=3 + planning.RESERVE_ROUNDS)
-        return planning.estimate(b, planning.sizes_for(b, sizes), {"plain": planning.Throughput(ips, ips)}, "median")
+        b = CPU_PRESETS[0].with_(seeds=3 + RESERVE_ROUNDS)
+        return estimate(b, sizes_for(b, sizes), {"plain": Throughput(ips, ips)}, "median")
 
     target_min = biggest_s(20.0).total * 1.03 / 60
     measured = iter([20.0, 19.0])
 
     def probe(*args, **kw):
         ips = next(measured)
-        return planning.Throughput(ips, ips)
+        return Throughput(ips, ips)
 
-    monkeypatch.setattr(planning, "probe", probe)
+    monkeypatch.setattr("slowai.study.planning.planner.probe", probe)
     argv = [*DIGITS, "--plan-only", "--study-name", "same", "--time-budget", str(target_min), "--out", str(tmp_path)]
     plans = []
     for _ in range(2):
@@ -151,7 +156,7 @@ def test_a_stored_plan_is_kept_like_a_resumed_study(tmp_path, capsys):
     """Only trials and seeds may change; other epochs are refused with one line, as on resume."""
     journal = str(tmp_path / "optuna.journal")
     stored = Budget(trials=3, tune_epochs=1, tune_subset=256, seeds=2, confirm_epochs=1, confirm_subset=256, bs=64)
-    plan_record.claim(open_storage(journal), "kept", plan_record.PlanRecord(asdict(stored), {}, {}, 60.0, 10.0))
+    stored_plan.claim(open_storage(journal), "kept", stored_plan.PlanRecord(asdict(stored), {}, {}, 60.0, 10.0))
     argv = [*DIGITS, "--plan-only", "--study-name", "kept", "--storage", journal, "--out", str(tmp_path / "out")]
     assert main("residual_vs_plain", ["plain"], [*argv, "--trials", "5"]) == 0
     assert "1 candidates × 5 trials × 1 epochs × 256 train" in capsys.readouterr().out
@@ -171,9 +176,9 @@ def processes():
 def propose(url, study, trials, barrier, results):
     """One worker: open the storage, wait for the others, propose `trials` trials, report which plan it reads back."""
     storage = open_storage(url)
-    mine = plan_record.PlanRecord(asdict(Budget(trials=trials)), {}, {}, 60.0, 10.0)
+    mine = stored_plan.PlanRecord(asdict(Budget(trials=trials)), {}, {}, 60.0, 10.0)
     barrier.wait()
-    won = plan_record.claim(storage, study, mine)
+    won = stored_plan.claim(storage, study, mine)
     results.put({"mine": mine.token, "won": won.token, "trials": won.budget["trials"]})
 
 
@@ -199,14 +204,14 @@ def test_the_first_of_three_concurrent_proposals_is_every_workers_plan(tmp_path,
     try:
         read = together(propose, [(url, study, n) for n in (4, 5, 6)])  # each proposes a different budget
         storage = open_storage(url)
-        trials = optuna.load_study(study_name=plan_record.plan_study_name(study), storage=storage).get_trials()
+        trials = optuna.load_study(study_name=first_writer.records_name(study), storage=storage).get_trials()
         first = min(trials, key=lambda t: t.number)
         assert {r["won"] for r in read} == {first.user_attrs["token"]}  # all adopt the lowest-numbered proposal
         assert first.user_attrs["token"] in {r["mine"] for r in read}  # which is one of theirs, stored whole
-        assert plan_record.read(storage, study).budget["trials"] == read[0]["trials"]
+        assert stored_plan.read(storage, study).budget["trials"] == read[0]["trials"]
     finally:
         if backend == "postgres":
-            optuna.delete_study(study_name=plan_record.plan_study_name(study), storage=open_storage(url))
+            optuna.delete_study(study_name=first_writer.records_name(study), storage=open_storage(url))
 
 
 def work(argv, cache, log, barrier, results):
@@ -236,7 +241,7 @@ def test_three_workers_started_in_the_same_second_share_one_budget(tmp_path):
     logs = [Path(log).read_text() for _, _, log in each]
     assert codes == [0, 0, 0], "\n".join(logs)
     storage = open_storage(journal)
-    plan = plan_record.read(storage, "race")
+    plan = stored_plan.read(storage, "race")
     tune, confirm = (optuna.load_study(study_name=optuna_name("race", "plain", s), storage=storage) for s in STAGES)
     assert tune.user_attrs["budget"] == confirm.user_attrs["budget"] == plan.budget
     finished = tune.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))

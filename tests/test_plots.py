@@ -5,8 +5,9 @@ import math
 import optuna
 import pytest
 
-from slowai.study import storage as st
-from slowai.study.plots import (
+from slowai.study.analysis.results import CandidateResult, StudyResult
+from slowai.study.analysis.stats import mean_ci
+from slowai.study.report.plots import (
     MIN_IMPORTANCE_TRIALS,
     _plot_cost,
     _pyplot,
@@ -14,8 +15,7 @@ from slowai.study.plots import (
     plot_epoch_effects,
     plot_expected_max,
 )
-from slowai.study.results import CandidateResult, StudyResult
-from slowai.study.stats import mean_ci
+from slowai.study.spec import optuna_name
 
 NAME = "demo"
 DISTS = {
@@ -34,7 +34,7 @@ EFFECTS = {  # the last epoch had one seed: no interval
 
 def _tune(storage: optuna.storages.BaseStorage, cand: str, n: int) -> None:
     """A tune study with `n` complete trials whose accuracy depends mostly on lr."""
-    study = optuna.create_study(study_name=st.optuna_name(NAME, cand, "tune"), storage=storage, direction="maximize")
+    study = optuna.create_study(study_name=optuna_name(NAME, cand, "tune"), storage=storage, direction="maximize")
     study.set_user_attr("candidate", cand)
     for i in range(n):
         lr, wd = 10 ** (-4 + 3 * i / max(n - 1, 1)), 10 ** (-6 + (4 * i * 7 % 11) / 11)

@@ -1,7 +1,7 @@
 """The calibrated group-sequential boundaries, the intervals printed with verdicts, and error control under every
 noise model a review asked about, all through `decide` as studies call it.
 
-Noise models (accuracy fractions; paired sd ≈ 0.3 points; `slowai.study.simulation`, shared with benchmarks/power.py):
+Noise models (accuracy fractions; paired sd ≈ 0.3 points; `analysis.simulation`, shared with benchmarks/power.py):
 Gaussian (ρ = 0.5), Student t₃ tails, skewed (centred gamma), 5% diverged runs (a run scores chance, 0.1),
 unequal variances (candidates' sds 0.15 to 0.6 points), ρ = 0 (seeds share nothing, pairing cannot help), and
 test-set sampling (a fresh test set per study, candidates equal on the image population but not on its sample).
@@ -17,11 +17,11 @@ import pytest
 from scipy import special
 from test_verdicts import FAST_STATS
 
-import slowai.study.stats as study_stats
-from slowai.study import sequential
-from slowai.study.simulation import MARGIN, MODELS, SEEDS, decide_all, simulate, simulate_images
-from slowai.study.stats import ALPHA
-from slowai.study.verdicts import Design, Verdict, adjusted_estimate, decide
+import slowai.study.analysis.stats as study_stats
+from slowai.study.analysis import sequential
+from slowai.study.analysis.simulation import MARGIN, MODELS, SEEDS, decide_all, simulate, simulate_images
+from slowai.study.analysis.stats import ALPHA
+from slowai.study.analysis.verdicts import Design, Verdict, adjusted_estimate, decide
 
 STUDIES = 500
 TOLERANCE = 3 * math.sqrt(ALPHA * (1 - ALPHA) / STUDIES)  # three binomial standard errors of a 5% rate

@@ -20,9 +20,10 @@ from optuna.trial import TrialState
 from test_workers import pg_study, pg_url  # noqa: F401 (fixtures: the test server, a fresh study name on it)
 
 from slowai.study import main
-from slowai.study.claims import FINISHED
-from slowai.study.slurm import ENDED, SlurmOptions, sbatch_script, slurm_time_arg, task_states
-from slowai.study.storage import existing_names, open_storage, optuna_name
+from slowai.study.cli.slurm import ENDED, SlurmOptions, sbatch_script, slurm_time_arg, task_states
+from slowai.study.coordination.storage import existing_names, open_storage
+from slowai.study.coordination.trials import FINISHED
+from slowai.study.spec import optuna_name
 from studies.digits import space
 
 ROOT = Path(__file__).resolve().parents[1]

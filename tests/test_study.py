@@ -9,8 +9,9 @@ import pytest
 from optuna.trial import TrialState
 
 from slowai.study import Budget, Candidate, StudySpec, main, read_offline_run, run_study
-from slowai.study.storage import open_storage, optuna_name
-from slowai.study.tracking import offline_runs
+from slowai.study.coordination.storage import open_storage
+from slowai.study.execution.tracking import offline_runs
+from slowai.study.spec import optuna_name
 
 CANDS = ["conv", "plain"]
 TINY = Budget(trials=2, tune_epochs=1, tune_subset=512, seeds=2, confirm_epochs=1, confirm_subset=512, bs=128)
@@ -214,8 +215,8 @@ def test_residual_vs_plain_runs_every_default_candidate_on_cifar10(tmp_path, cif
 def test_published_numbers_get_a_column_and_the_gap_is_stated(tmp_path):
     from optuna.trial import create_trial
 
-    from slowai.study import report
-    from slowai.study.stats import mean_ci
+    from slowai.study.analysis.stats import mean_ci
+    from slowai.study.report import markdown as report
 
     def run(seed, test, valid):
         attrs = {"seed": seed, "test_accuracy": test, "best_valid_accuracy": valid, "params": 10, "mflops": 1.0}

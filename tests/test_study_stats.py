@@ -1,4 +1,4 @@
-"""Every formula of slowai.study.stats against values worked out by hand (t quantiles from tables) or against scipy."""
+"""Every formula of analysis.stats against values worked out by hand (t quantiles from tables) or against scipy."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from slowai.study.stats import (
+from slowai.study.analysis.stats import (
     at_level,
     compare,
     expected_max,

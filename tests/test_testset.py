@@ -1,6 +1,6 @@
 """The test set's sampling error in Δ: compact per-image correctness, and the image term of Var(Δ̂).
 
-See `slowai.study.testset` for the model: D_si = Δ + u_s + v_i + w_si over run pairs s and test images i."""
+See `slowai.study.analysis.testset` for the model: D_si = Δ + u_s + v_i + w_si over run pairs s and test images i."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from slowai.study.stats import paired_diff
-from slowai.study.testset import image_variance, pack, share, unpack, with_images
+from slowai.study.analysis.stats import paired_diff
+from slowai.study.analysis.testset import image_variance, pack, share, unpack, with_images
 
 
 def test_correctness_packs_into_a_few_kilobytes_and_back():

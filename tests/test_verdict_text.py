@@ -7,12 +7,12 @@ import math
 
 import pytest
 
-from slowai.study import analysis
-from slowai.study.analysis import pairing_gain
-from slowai.study.results import CandidateResult
-from slowai.study.stats import paired_diff, wilson_interval
-from slowai.study.tables import verdict_text
-from slowai.study.verdicts import Design, decide
+from slowai.study.analysis import answer as analysis
+from slowai.study.analysis.answer import pairing_gain
+from slowai.study.analysis.results import CandidateResult
+from slowai.study.analysis.stats import paired_diff, wilson_interval
+from slowai.study.analysis.verdicts import Design, decide
+from slowai.study.report.tables import verdict_text
 
 SEEDS = list(range(6))
 REF = {s: 0.90 + 0.002 * (s % 3) for s in SEEDS}

@@ -30,9 +30,9 @@ import pytest
 from scipy import special
 from scipy import stats as scipy_stats
 
-import slowai.study.stats as study_stats
-from slowai.study.stats import ALPHA, holm
-from slowai.study.verdicts import Design, Verdict, curve_effects, decide, factorial_effects, seeds_needed
+import slowai.study.analysis.stats as study_stats
+from slowai.study.analysis.stats import ALPHA, holm
+from slowai.study.analysis.verdicts import Design, Verdict, curve_effects, decide, factorial_effects, seeds_needed
 
 REF = "ref"
 SEEDS = tuple(range(10))

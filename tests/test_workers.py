@@ -19,10 +19,12 @@ import pytest
 from optuna.trial import TrialState
 
 from slowai.study import Budget, StudySpec, main, read_offline_run, run_study
-from slowai.study.claims import FINISHED, confirm_key, fail_lost_trials
-from slowai.study.lease import Watch, place
-from slowai.study.storage import existing_names, open_storage, optuna_name
-from slowai.study.tracking import offline_runs
+from slowai.study.coordination.lease import Watch, place
+from slowai.study.coordination.readback import confirm_key
+from slowai.study.coordination.storage import existing_names, open_storage
+from slowai.study.coordination.trials import FINISHED, fail_lost_trials
+from slowai.study.execution.tracking import offline_runs
+from slowai.study.spec import optuna_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDS = ["conv", "plain"]

@@ -1,4 +1,5 @@
-"""The CNN tutorial's CIFAR-10 reference models (GoogleNet, ResNet, PreActResNet, DenseNet), ablatable by activation.
+"""The CNN tutorial's CIFAR-10 reference models (GoogleNet, ResNet, PreActResNet; DenseNet is in
+`tutorial_densenet`), ablatable by activation, and the init and layer helpers they share.
 
 Module and attribute names follow the tutorial's PyTorch code, so its state-dict keys carry over unchanged.
 At 10 classes: GoogleNet 260,650 parameters (259,338 with `bias=False`), ResNet 272,378, PreActResNet 272,250,
@@ -42,7 +43,7 @@ def init_tutorial_params(model: nn.Module, act: str, mode: str = "fan_in") -> No
             nn.init.constant_(m.bias, 0)
 
 
-def _conv_bn_act(c_in: int, c_out: int, kernel_size: int, act_fn: ActFn, bias: bool) -> list[nn.Module]:
+def conv_bn_act(c_in: int, c_out: int, kernel_size: int, act_fn: ActFn, bias: bool) -> list[nn.Module]:
     return [
         nn.Conv2d(c_in, c_out, kernel_size=kernel_size, padding=kernel_size // 2, bias=bias),
         nn.BatchNorm2d(c_out),
@@ -50,7 +51,7 @@ def _conv_bn_act(c_in: int, c_out: int, kernel_size: int, act_fn: ActFn, bias: b
     ]
 
 
-def _head(c_in: int, num_classes: int) -> nn.Sequential:
+def classifier_head(c_in: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(c_in, num_classes))
 
 
@@ -62,17 +63,17 @@ class InceptionBlock(nn.Module):
         self, c_in: int, c_red: Mapping[str, int], c_out: Mapping[str, int], act_fn: ActFn, bias: bool = True
     ) -> None:
         super().__init__()
-        self.conv_1x1 = nn.Sequential(*_conv_bn_act(c_in, c_out["1x1"], 1, act_fn, bias))
+        self.conv_1x1 = nn.Sequential(*conv_bn_act(c_in, c_out["1x1"], 1, act_fn, bias))
         self.conv_3x3 = nn.Sequential(
-            *_conv_bn_act(c_in, c_red["3x3"], 1, act_fn, bias),
-            *_conv_bn_act(c_red["3x3"], c_out["3x3"], 3, act_fn, bias),
+            *conv_bn_act(c_in, c_red["3x3"], 1, act_fn, bias),
+            *conv_bn_act(c_red["3x3"], c_out["3x3"], 3, act_fn, bias),
         )
         self.conv_5x5 = nn.Sequential(
-            *_conv_bn_act(c_in, c_red["5x5"], 1, act_fn, bias),
-            *_conv_bn_act(c_red["5x5"], c_out["5x5"], 5, act_fn, bias),
+            *conv_bn_act(c_in, c_red["5x5"], 1, act_fn, bias),
+            *conv_bn_act(c_red["5x5"], c_out["5x5"], 5, act_fn, bias),
         )
         self.max_pool = nn.Sequential(
-            nn.MaxPool2d(kernel_size=3, padding=1, stride=1), *_conv_bn_act(c_in, c_out["max"], 1, act_fn, bias)
+            nn.MaxPool2d(kernel_size=3, padding=1, stride=1), *conv_bn_act(c_in, c_out["max"], 1, act_fn, bias)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +105,7 @@ class GoogleNet(nn.Module):
         super().__init__()
         act_fn = act_fn_by_name(act)
         self.act = act
-        self.input_net = nn.Sequential(*_conv_bn_act(in_chans, c_stem, 3, act_fn, bias))
+        self.input_net = nn.Sequential(*conv_bn_act(in_chans, c_stem, 3, act_fn, bias))
         blocks: list[nn.Module] = []
         c_in = c_stem
         for entry in GOOGLENET_LAYOUT:
@@ -115,7 +116,7 @@ class GoogleNet(nn.Module):
             blocks.append(InceptionBlock(c_in, c_red, c_out, act_fn, bias))
             c_in = sum(c_out.values())
         self.inception_blocks = nn.Sequential(*blocks)
-        self.output_net = _head(c_in, num_classes)
+        self.output_net = classifier_head(c_in, num_classes)
         init_tutorial_params(self, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,91 +217,8 @@ class ResNet(nn.Module):
                 c_in = c_hidden[group - 1] if subsample else c_out
                 blocks.append(block_cls(c_in=c_in, act_fn=act_fn, subsample=subsample, c_out=c_out))
         self.blocks = nn.Sequential(*blocks)
-        self.output_net = _head(c_hidden[-1], num_classes)
+        self.output_net = classifier_head(c_hidden[-1], num_classes)
         init_tutorial_params(self, act, mode="fan_out")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_net(self.blocks(self.input_net(x)))
-
-
-# ----------------------------------------------------------------------------------------------- DenseNet
-class DenseLayer(nn.Module):
-    """BN-act-1x1 bottleneck then BN-act-3x3, concatenated onto the input: later layers reuse every earlier feature."""
-
-    def __init__(self, c_in: int, bn_size: int, growth_rate: int, act_fn: ActFn) -> None:
-        super().__init__()
-        c_mid = bn_size * growth_rate
-        self.net = nn.Sequential(
-            nn.BatchNorm2d(c_in),
-            act_fn(),
-            nn.Conv2d(c_in, c_mid, kernel_size=1, bias=False),
-            nn.BatchNorm2d(c_mid),
-            act_fn(),
-            nn.Conv2d(c_mid, growth_rate, kernel_size=3, padding=1, bias=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.net(x), x], dim=1)
-
-
-class DenseBlock(nn.Module):
-    """`num_layers` DenseLayers; each widens the feature map by `growth_rate` channels."""
-
-    def __init__(self, c_in: int, num_layers: int, bn_size: int, growth_rate: int, act_fn: ActFn) -> None:
-        super().__init__()
-        self.block = nn.Sequential(
-            *(DenseLayer(c_in + i * growth_rate, bn_size, growth_rate, act_fn) for i in range(num_layers))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
-
-
-class TransitionLayer(nn.Module):
-    """BN-act-1x1 conv then 2x2 average pool: shrinks channels and resolution between dense blocks."""
-
-    def __init__(self, c_in: int, c_out: int, act_fn: ActFn) -> None:
-        super().__init__()
-        self.transition = nn.Sequential(
-            nn.BatchNorm2d(c_in),
-            act_fn(),
-            nn.Conv2d(c_in, c_out, kernel_size=1, bias=False),
-            nn.AvgPool2d(kernel_size=2, stride=2),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.transition(x)
-
-
-class DenseNet(nn.Module):
-    """The tutorial's small DenseNet: dense blocks separated by transitions that halve channels and resolution."""
-
-    def __init__(
-        self,
-        in_chans: int = 3,
-        num_classes: int = 10,
-        num_layers: Sequence[int] = (6, 6, 6, 6),
-        bn_size: int = 2,
-        growth_rate: int = 16,
-        act: str = "relu",
-    ) -> None:
-        super().__init__()
-        act_fn = act_fn_by_name(act)
-        self.act = act
-        c_hidden = growth_rate * bn_size
-        # No BN/act here: every DenseLayer starts with its own.
-        self.input_net = nn.Sequential(nn.Conv2d(in_chans, c_hidden, kernel_size=3, padding=1))
-        blocks: list[nn.Module] = []
-        for i, n in enumerate(num_layers):
-            blocks.append(DenseBlock(c_hidden, n, bn_size, growth_rate, act_fn))
-            c_hidden += n * growth_rate
-            if i < len(num_layers) - 1:
-                blocks.append(TransitionLayer(c_hidden, c_hidden // 2, act_fn))
-                c_hidden //= 2
-        self.blocks = nn.Sequential(*blocks)
-        # The last dense block's output has not been through a non-linearity yet.
-        self.output_net = nn.Sequential(nn.BatchNorm2d(c_hidden), act_fn(), *_head(c_hidden, num_classes))
-        init_tutorial_params(self, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_net(self.blocks(self.input_net(x)))
@@ -323,9 +241,3 @@ def resnet_tutorial(in_chans: int = 3, num_classes: int = 10, **kw: Any) -> ResN
 def preact_resnet_tutorial(in_chans: int = 3, num_classes: int = 10, **kw: Any) -> ResNet:
     """Tutorial PreActResNet; accepts act, num_blocks, c_hidden."""
     return ResNet(in_chans=in_chans, num_classes=num_classes, block="PreActResNetBlock", **kw)
-
-
-@register_model("densenet_tutorial", "tutorial CIFAR DenseNet, 4 blocks of 6 layers, growth 16 (239,146 params)")
-def densenet_tutorial(in_chans: int = 3, num_classes: int = 10, **kw: Any) -> DenseNet:
-    """Tutorial DenseNet; accepts act, num_layers, bn_size, growth_rate."""
-    return DenseNet(in_chans=in_chans, num_classes=num_classes, **kw)

@@ -1,23 +1,26 @@
 """Tuned, multi-seed studies: Optuna per candidate, seed-repeated confirmation on test, honest statistics."""
 
 from slowai.study.ablation import Ablation
-from slowai.study.analysis import analyze
-from slowai.study.artifacts import load_model
-from slowai.study.callbacks import PruningCB
+from slowai.study.analysis.answer import analyze
+from slowai.study.analysis.results import CandidateResult, StudyResult
+from slowai.study.analysis.stats import DiffCI, MeanCI, compare, holm, mean_ci, paired_diff, tost_p, welch_diff
+from slowai.study.analysis.verdicts import Design, Effect, Verdict, decide, factorial_effects, seeds_needed
 from slowai.study.cli import build_parser, main
-from slowai.study.knobs import TrainConfig, route
-from slowai.study.report import StudyResult, collect, write_report
+from slowai.study.coordination.readback import collect
+from slowai.study.execution.artifacts import load_model
+from slowai.study.execution.callbacks import PruningCB
+from slowai.study.execution.tracking import Tracker, WandbCB, offline_runs, read_offline_run
+from slowai.study.execution.trial import TrialContext
+from slowai.study.report import model_summaries, write_report
 from slowai.study.runner import Runner, run_study
+from slowai.study.space import TrainConfig, route
 from slowai.study.spec import Budget, Candidate, StudyError, StudySpec, default_space
-from slowai.study.stats import DiffCI, MeanCI, compare, holm, mean_ci, paired_diff, tost_p, welch_diff
-from slowai.study.tracking import Tracker, WandbCB, read_offline_run
-from slowai.study.trial import TrialContext
-from slowai.study.verdicts import Design, Effect, Verdict, decide, factorial_effects, seeds_needed
 
 __all__ = [
     "Ablation",
     "Budget",
     "Candidate",
+    "CandidateResult",
     "Design",
     "DiffCI",
     "Effect",
@@ -43,6 +46,8 @@ __all__ = [
     "load_model",
     "main",
     "mean_ci",
+    "model_summaries",
+    "offline_runs",
     "paired_diff",
     "read_offline_run",
     "route",

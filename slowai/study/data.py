@@ -13,7 +13,7 @@ import torch
 
 from slowai.data import DataLoaders, dataset_factory, dataset_options
 from slowai.data.splits import redraw
-from slowai.study.knobs import TrainConfig
+from slowai.study.space import TrainConfig
 from slowai.study.spec import Budget, StudySpec, json_safe
 
 MAX_CACHED = 8

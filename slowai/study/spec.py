@@ -19,6 +19,8 @@ from slowai.models import create_model, list_models
 
 PRUNERS = ("none", "median", "hyperband")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # what `slowai.utils.default_device` can pick and training supports
+STAGES = ("tune", "confirm")  # each candidate has one Optuna study per stage (`optuna_name`)
 
 SearchSpace = Callable[[optuna.Trial], dict[str, Any]]
 # Called once per training run with its `slowai.study.TrialContext`; returns callbacks to add (or None).
@@ -211,7 +213,7 @@ class StudySpec:
         if self.reference not in names:
             raise StudyError(f"reference {self.reference!r} is not a candidate ({', '.join(names)})")
         if self.device is not None:
-            _check_device(self.device)
+            check_device(self.device)
         if not 0 <= self.margin < 1:
             raise StudyError(f"margin must be an accuracy fraction in [0, 1), got {self.margin!r}")
 
@@ -240,12 +242,24 @@ class StudySpec:
         return self.dataset if isinstance(self.dataset, str) else getattr(self.dataset, "__name__", "custom")
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """A device torch can name but this machine lacks (cuda:7, mps on Linux, meta) would fail only mid-run."""
     import torch
 
     try:
         dev = torch.device(device)
     except RuntimeError as e:
         raise StudyError(f"bad device {device!r}: {e}") from None
+    if dev.type not in DEVICE_TYPES:
+        raise StudyError(f"unsupported device {device!r}; use cpu, cuda, cuda:<index> or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise StudyError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= (n := torch.cuda.device_count()):
+        raise StudyError(f"device {device!r} requested but only {n} CUDA device(s) are visible")
+    if dev.type == "mps" and not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
+        raise StudyError(f"device {device!r} requested but MPS is not available")
+
+
+def optuna_name(study: str, candidate: str, stage: str) -> str:
+    """`<study>/<candidate>/<stage>`: one Optuna study per candidate and stage (claimable, comparable panels)."""
+    return f"{study}/{candidate}/{stage}"

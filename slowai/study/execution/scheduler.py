@@ -1,0 +1,258 @@
+"""Popping work from the storage's queue, running it, and waiting for (or taking over) what other workers hold.
+
+Every unit of work is a queued trial (`coordination.workqueue`): a candidate's tune slots are queued once when its
+study is opened, a confirm round's seeds once its tuning has finished everywhere (and, with sequential seeds, once
+the round before left a comparison undecided). Workers pop until nothing is left, then wait for what others still
+run (taking over trials of workers that died), so rerunning resumes, adding trials queues only the missing ones,
+and several workers (processes, GPUs, machines) can share one study.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from slowai.study.analysis.answer import design_of
+from slowai.study.analysis.verdicts import seeds_needed
+from slowai.study.coordination import failures, workqueue
+from slowai.study.coordination.readback import confirm_key
+from slowai.study.coordination.studies import OptunaStudies
+from slowai.study.coordination.trials import hold
+from slowai.study.data import StudyData
+from slowai.study.execution.trial import Outcome, TrialContext, TrialRunner
+from slowai.study.planning.plan import Plan
+from slowai.study.seeds import confirm_seeds, tune_seed
+from slowai.study.space import route
+from slowai.study.spec import Candidate, StudyError, StudySpec
+from slowai.utils import fmt_seconds
+
+POLL_S = 2.0  # how often an idle worker re-reads the storage while others finish their trials
+STUCK_POLLS = 5  # idle polls with nothing running anywhere before missing work is queued again (or is stuck)
+
+
+@dataclass
+class Job:
+    """One unit of work: a tune trial slot or a confirm seed of a candidate."""
+
+    stage: str
+    candidate: str
+    seed: int | None = None
+    estimate_s: float = 0.0
+    round: list[int] | None = None  # a confirm job's whole round of seeds (queued together)
+
+    def __str__(self) -> str:
+        return f"{self.candidate} {self.stage}" + (f" seed {self.seed}" if self.seed is not None else "")
+
+
+class Scheduler:
+    """Runs a plan's jobs on one worker, then finishes whatever the whole study still needs."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        plan: Plan,
+        studies: OptunaStudies,
+        data: StudyData,
+        trials: TrialRunner,
+        say: Callable[[str], None],
+        poll_s: float = POLL_S,
+    ) -> None:
+        self.spec, self.plan, self.studies, self.data, self.trials = spec, plan, studies, data, trials
+        self.budget, self.say, self.poll_s = plan.budget, say, poll_s
+        self._waiting_on: set[str] = set()
+
+    # ------------------------------------------------------------------------------------ one job
+    def run_one(self, cand: Candidate, stage: str, study: optuna.Study, trial: optuna.Trial, seed: int, bar: Any):
+        """Draw the hyperparameters, route them, and train on the stage's data."""
+        hp = self.spec.space_of(cand)(trial)
+        cfg = route(hp, cand.recipe, f"the search space of {cand.name!r}")
+        dls = self.data.for_stage(self.budget, stage, cfg, seed)  # a confirm seed draws its split (issue 20)
+        epochs = self.budget.tune_epochs if stage == "tune" else self.budget.confirm_epochs
+        ctx = TrialContext(self.spec, cand, stage, seed, trial, hp, cfg, dls, epochs, self.spec.out_dir)
+        return self.trials.run(ctx, study, bar)
+
+    def tune_one(self, cand: Candidate, bar: Any) -> str | None:
+        """Pop and run one of the candidate's queued tune slots, if any is queued."""
+        study = self.studies.study(cand.name, "tune")
+        if not workqueue.has_waiting(study):
+            return None
+        trial = study.ask()  # one queued slot (or a retry), this worker's alone
+        slot = trial.user_attrs.get("slot")
+        with self._hold(study, trial, f"{cand.name} tune t{trial.number}"):
+            if slot is None or workqueue.holds_earlier(study, trial, "slot", slot):
+                workqueue.mark_surplus(study, trial, "no tune slot was left to pop")
+                return None
+            study.sampler = self.studies.sampler(cand.name, "tune", slot)
+            out: Outcome = self.run_one(cand, "tune", study, trial, tune_seed(slot), bar)
+        return f"{cand.name} tune t{trial.number}: valid acc {_fmt(out.last_valid)} ({out.state}) in {out.wall_s:.1f} s"
+
+    def confirm_one(self, cand: Candidate, seeds: list[int], bar: Any) -> str | None:
+        """Queue the round's `seeds` (once, by whichever worker claims them first) and pop and run one queued seed,
+        once tuning has finished everywhere."""
+        if not self._tuned(cand.name):
+            return None  # another worker still tunes this candidate: its best params are not final yet
+        best = self.studies.best_params(cand.name)
+        if best is None:
+            return None  # every tune trial was pruned or failed: reported as such, nothing to confirm
+        key, study = confirm_key(best), self.studies.study(cand.name, "confirm")
+        workqueue.queue_seeds(self.studies.storage, self.spec.name, study, cand.name, best, seeds)
+        if not workqueue.has_waiting(study):
+            return None
+        trial = study.ask()  # one queued seed (or a retry), this worker's alone
+        seed = trial.user_attrs.get("seed")
+        with self._hold(study, trial, f"{cand.name} confirm seed {seed} (t{trial.number})"):
+            stale = trial.user_attrs.get("params_key") != key  # queued for an older best trial
+            if seed is None or stale or workqueue.holds_earlier(study, trial, "seed", seed, key):
+                workqueue.mark_surplus(study, trial, "no confirm seed with the current best params was left to pop")
+                return None
+            out = self.run_one(cand, "confirm", study, trial, seed, bar)
+        acc = out.test["accuracy"] if out.test else float("nan")
+        return f"{cand.name} confirm seed {seed}: test acc {_fmt(acc)} ({out.state}) in {out.wall_s:.1f} s"
+
+    def _hold(self, study: optuna.Study, trial: optuna.Trial, label: str) -> Any:
+        return hold(self.studies.storage, self.studies.liveness, study, trial, label)
+
+    def do(self, job: Job, bar: Any) -> str | None:
+        """Run one job; a failed or dropped trial is a line of output. (An outage is waited out by the storage itself,
+        `coordination.patience`; one that outlasts the patience stops the worker.)"""
+        cand = self.spec.candidate(job.candidate)
+        try:
+            if job.stage == "tune":
+                return self.tune_one(cand, bar)
+            return self.confirm_one(cand, job.round or [job.seed], bar)
+        except (failures.TrialFailed, failures.Dropped) as e:
+            return str(e)
+
+    # ------------------------------------------------------------------------------------ all jobs
+    def jobs(self) -> list[Job]:
+        """Remaining work in order: all tune slots, then all confirm seeds (re-checked against storage when run)."""
+        b, est, done = self.budget, self.plan.estimate, self.plan.done
+        jobs = []
+        for c in self.spec.candidates:
+            n = b.trials - done[c.name][0]
+            jobs += [Job("tune", c.name, estimate_s=est.per_trial("tune", c.name, n)) for _ in range(n)]
+        first = confirm_seeds(self.spec, b)
+        for c in self.spec.candidates:
+            per = est.per_trial("confirm", c.name, b.seeds - done[c.name][1])
+            jobs += [Job("confirm", c.name, seed=s, estimate_s=per, round=first) for s in first]
+        return jobs
+
+    def pending(self) -> list[Job]:
+        """Work not finished by any worker, read from the storage: one tune job per candidate still tuning, else the
+        confirm seeds it still needs (the first look's, then one round at a time while its comparison is undecided)
+        without a completed run."""
+        tuning = [c.name for c in self.spec.candidates if not self._tuned(c.name)]
+        jobs = [Job("tune", name) for name in tuning]
+        states = {c.name: self.studies.confirm_state(c.name) for c in self.spec.candidates if c.name not in tuning}
+        accs = {name: state[0] for name, state in states.items() if state is not None}  # None: nothing to confirm
+        need = self._seeds_needed(accs) if not tuning else {}
+        for name, done in accs.items():
+            wanted = confirm_seeds(self.spec, self.budget, need.get(name, self.budget.seeds))
+            failed = states[name][1]
+            jobs += [Job("confirm", name, seed=s, round=wanted) for s in wanted if s not in done and s not in failed]
+        return jobs
+
+    def _tuned(self, candidate: str) -> bool:
+        return workqueue.tune_done(self.studies.study(candidate, "tune"), self.budget.trials)
+
+    def _seeds_needed(self, accs: dict[str, dict[int, float]]) -> dict[str, int]:
+        """Seeds per candidate by the sequential rule (`analysis.verdicts`); a fixed study needs `seeds`."""
+        b = self.budget
+        if b.last_seeds == b.seeds or self.spec.reference not in accs:  # no reference: nothing to decide
+            return {}
+        return seeds_needed(accs, self.spec.reference, design_of(self.spec, b))
+
+    def run(self, bars: bool) -> None:
+        """Do this worker's jobs (with a master bar, or one line per trial), then everything left in the study."""
+        jobs = self.jobs()
+        if bars:
+            from fastprogress.fastprogress import master_bar
+
+            mb = master_bar(jobs)
+            for job in mb:
+                if msg := self.do(job, mb):
+                    mb.write(msg)
+        else:
+            self._run_logged(jobs)
+        self.finish_remaining()
+
+    def _run_logged(self, jobs: list[Job]) -> None:
+        """One line per finished trial with an ETA scaled by how fast the estimate has proven so far."""
+        spent = est_done = 0.0
+        for i, job in enumerate(jobs, 1):
+            t0 = time.perf_counter()
+            msg = self.do(job, None)
+            spent += time.perf_counter() - t0
+            est_done += job.estimate_s
+            left = sum(j.estimate_s for j in jobs[i:]) * (spent / est_done if est_done else 1.0)
+            if msg:
+                self.say(f"[{i}/{len(jobs)}] {msg}" + (f"; ETA {fmt_seconds(left)}" if est_done else ""))
+
+    def finish_remaining(self) -> None:
+        """Until the whole study is finished: run what became poppable (confirms after tuning, retries of lost
+        trials), else sleep `poll_s` while other workers run theirs."""
+        idle = 0
+        while todo := self.pending():
+            ran = False
+            for job in todo:
+                if msg := self.do(job, None):
+                    ran = True
+                    self.say(msg)
+            if ran:
+                idle = 0
+                continue
+            idle = 0 if self._note_waiting() else idle + 1
+            if idle > STUCK_POLLS:  # nothing runs anywhere, yet work is missing: queue it again, or it never ends
+                if not self._refill(todo):
+                    left = ", ".join(map(str, todo))
+                    raise StudyError(
+                        f"study {self.spec.name!r} is stuck: {left} cannot be claimed and no worker runs them"
+                    )
+                idle = 0
+            time.sleep(self.poll_s)
+
+    def _refill(self, todo: list[Job]) -> bool:
+        """Queue the work that nothing stands for (its filler or a retry's closer died mid-way); True if any."""
+        added = False
+        for name in {j.candidate for j in todo if j.stage == "tune"}:
+            study = self.studies.study(name, "tune")
+            if missing := workqueue.missing_slots(study, self.budget.trials):
+                workqueue.enqueue_slots(study, missing)
+                self.say(f"queued {name}'s tune slots {missing} again: nothing stood for them")
+                added = True
+        for job in {j.candidate: j for j in todo if j.stage == "confirm"}.values():
+            best, study = self.studies.best_params(job.candidate), self.studies.study(job.candidate, "confirm")
+            if best and (missing := workqueue.missing_seeds(study, confirm_key(best), job.round or [])):
+                workqueue.enqueue_seeds(study, best, missing)
+                self.say(f"queued {job.candidate}'s confirm seeds {missing} again: nothing stood for them")
+                added = True
+        return added
+
+    def _note_waiting(self) -> bool:
+        """Say (once per change) which workers this one waits for: a stuck wait names its culprit. True if any."""
+        held = self.studies.held_by()
+        if held and held != self._waiting_on:
+            self.say(f"waiting for trials running on {', '.join(sorted(held))}")
+        self._waiting_on = held
+        return bool(held)
+
+
+def _fmt(acc: float | None) -> str:
+    return f"{acc:.4f}" if acc is not None and math.isfinite(acc) else "n/a"
+
+
+def say_to(log: Callable[[str], None], progress: bool) -> Callable[[str], None]:
+    """`log`, flushed, when progress output is on; silent otherwise."""
+
+    def say(msg: str) -> None:
+        if progress:
+            log(msg)
+            sys.stdout.flush()
+
+    return say
