@@ -14,6 +14,7 @@ BASE = ["--dataset", "digits", "--quick", "--wandb", "disabled", "--no-progress"
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 as_root = pytest.mark.skipif(ROOT, reason="root writes into read-only directories")
 has_mps = pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 
 CASES = [
     # --dataset, --candidates, --reference
@@ -49,6 +50,10 @@ CASES = [
     (["--seed", "-1"], "argument --seed: must be >= 0"),
     (["--seed", str(2**32)], "must be <= 2**32 - 1"),
     (["--seed", "1.5"], "expected an integer, got '1.5'"),
+    (["--fuse", "0"], "argument --fuse: must be auto, off or a number of seeds >= 1"),
+    (["--workers-per-gpu", "0"], "argument --workers-per-gpu: must be >= 1"),
+    pytest.param(["--workers-per-gpu", "2"], "--workers-per-gpu needs a visible CUDA device", marks=no_gpu),
+    (["--workers", "2", "--workers-per-gpu", "2"], "give --workers or --workers-per-gpu, not both"),
     # --storage
     (["--storage", ""], "argument --storage: must not be empty"),
     (["--storage", "foo://bar"], "unreadable storage URL"),

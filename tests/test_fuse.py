@@ -231,3 +231,20 @@ def test_measure_fusion_times_both_ways_and_refuses_what_cannot_fuse():
     assert m.speedup == pytest.approx(m.sequential_s / m.fused_s)
     with pytest.raises(FusionError, match="DenseLayer"):  # the planner's cue to run this candidate unfused
         measure_fusion(factory("densenet_tutorial"), k=2, input_shape=(1, 8, 8), bs=4, steps=1, rounds=1)
+
+
+def test_a_channels_last_fused_model_computes_the_same_and_trains_its_members_in_nhwc(dls):
+    models = [factory("residual")() for _ in SEEDS]
+    xs = torch.stack([dls.train.one_batch()[0]] * len(SEEDS))
+    fused = fuse_models(models, xs[0, :8]).train()
+    before = fused(xs)
+    fused.to_channels_last()
+    torch.testing.assert_close(fused(xs), before, rtol=1e-4, atol=1e-5)
+    conv = next(m for m in fused.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    member = fused.member(1)  # an ordinary model again, in the default layout
+    assert next(m for m in member.modules() if isinstance(m, nn.Conv2d)).weight.is_contiguous()
+    m = measure_fusion(
+        factory("conv", width=4), k=2, input_shape=(1, 8, 8), bs=16, steps=1, rounds=1, channels_last=True
+    )
+    assert m.fused_s > 0 and m.sequential_s > 0

@@ -70,8 +70,10 @@ def measure_fusion(
     n_classes: int = 10,
     opt_func: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
     device: torch.device | str = "cpu",
+    channels_last: bool = False,
 ) -> FusionTiming:
-    """Train K `factory()` models on random (bs, *input_shape) batches both ways, interleaved round by round.
+    """Train K `factory()` models on random (bs, *input_shape) batches both ways, interleaved round by round;
+    `channels_last`: both ways in NHWC (as a study trains a candidate whose plan chose it).
 
     A model that cannot fuse raises `FusionError` (the caller runs it unfused). Random data: speed, not accuracy.
     """
@@ -80,8 +82,13 @@ def measure_fusion(
     x = torch.randn(k, bs, *input_shape, device=device)
     y = torch.randint(0, n_classes, (k, bs), device=device)
     fused = fuse_models(models, x[0, :8])
+    channels_last = channels_last and len(input_shape) == 3  # NHWC exists for image batches only
+    if channels_last:
+        fused.to_channels_last()
+        models = [m.to(memory_format=torch.channels_last) for m in models]
+    xs = [x[i].contiguous(memory_format=torch.channels_last) if channels_last else x[i] for i in range(k)]
     fused_step = _step_fn(fused, opt_func(fused.parameters(), lr=1e-3), x, y, fused=True)
-    solo = [_step_fn(m, opt_func(m.parameters(), lr=1e-3), x[i], y[i], fused=False) for i, m in enumerate(models)]
+    solo = [_step_fn(m, opt_func(m.parameters(), lr=1e-3), xs[i], y[i], fused=False) for i, m in enumerate(models)]
 
     def sequential() -> None:
         for step in solo:

@@ -132,13 +132,23 @@ class FusedModel(nn.Module):
         states = [m.state_dict() for m in models]
         body.load_state_dict({n: t if t.ndim == 0 else torch.cat([s[n] for s in states]) for n, t in states[0].items()})
         self.body = body
+        self.channels_last = False
+
+    def to_channels_last(self) -> FusedModel:
+        """NHWC weights and inputs (what `ChannelsLastCB` does for an unfused model: oneDNN's faster layout)."""
+        self.body.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor:
         """Member k's batch is `x[k]`; the output's first dim is the member too (no host sync: shapes only)."""
         x = _stacked(x)
         if x.shape[0] != self.k:
             raise ValueError(f"{self.k} fused members need (K={self.k}, B, ...) inputs, got {tuple(x.shape)}")
-        out = self.body(x.transpose(0, 1).flatten(1, 2))
+        x = x.transpose(0, 1).flatten(1, 2)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.body(x)
         return out.unflatten(1, (self.k, -1)).transpose(0, 1)
 
     def member_state(self, k: int) -> dict[str, Tensor]:

@@ -12,10 +12,8 @@ member (`stop(k)`, or a non-finite training loss at an epoch's end) keeps its we
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -25,59 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from slowai.core import Callback, CancelFitException
-from slowai.data import DataLoaders, TensorLoader
+from slowai.data import DataLoaders
+from slowai.fuse.loaders import fused_loaders
 from slowai.fuse.model import FusedModel, fuse_seeds
 from slowai.learner import DeviceCB, Learner
 
-__all__ = [
-    "FusedMetricsCB",
-    "FusedTrainCB",
-    "SeedStreams",
-    "fit_fused",
-    "fused_learner",
-    "fused_loaders",
-    "member_losses",
-]
+__all__ = ["FusedMetricsCB", "FusedTrainCB", "fit_fused", "fused_learner", "member_losses"]
 
 PerMember = float | Sequence[float]
-
-
-class SeedStreams:
-    """K copies of one training loader, copy k reseeded with seed k: member k sees its own run's batches."""
-
-    def __init__(self, dl: TensorLoader, seeds: Sequence[int]) -> None:
-        self.loaders = [copy.copy(dl) for _ in seeds]  # shallow: the data tensors are shared, not copied
-        for loader, seed in zip(self.loaders, seeds):
-            loader.reseed(seed)
-
-    def __len__(self) -> int:
-        return len(self.loaders[0])
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for batches in zip(*self.loaders):
-            xs, ys = zip(*batches)
-            yield torch.stack(xs), torch.stack(ys)
-
-
-class Repeated:
-    """An evaluation loader whose every batch goes to all K members (a broadcast view, no copy)."""
-
-    def __init__(self, dl: TensorLoader, k: int) -> None:
-        self.dl, self.k = dl, k
-
-    def __len__(self) -> int:
-        return len(self.dl)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y in self.dl:
-            yield x.expand(self.k, *x.shape), y.expand(self.k, *y.shape)
-
-
-def fused_loaders(dls: DataLoaders, seeds: Sequence[int]) -> DataLoaders:
-    """`dls` for K members: training batches from each seed's stream, valid/test batches shared."""
-    k = len(seeds)
-    test = Repeated(dls.test, k) if dls.test is not None else None
-    return replace(dls, train=SeedStreams(dls.train, seeds), valid=Repeated(dls.valid, k), test=test)
 
 
 def member_losses(preds: Tensor, y: Tensor, label_smoothing: Tensor | float = 0.0) -> Tensor:
@@ -247,7 +200,7 @@ class FusedMetricsCB(Callback):
 
 def fused_learner(
     fused: FusedModel,
-    dls: DataLoaders,
+    dls: DataLoaders | Sequence[DataLoaders],
     seeds: Sequence[int],
     lr: PerMember,
     opt_func: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
@@ -255,7 +208,8 @@ def fused_learner(
     weight_decay: PerMember | None = None,
     label_smoothing: PerMember = 0.0,
 ) -> Learner:
-    """A Learner for `fused` whose member k trains on seed k's stream of `dls.train` (`fused_loaders`).
+    """A Learner for `fused` whose member k trains on seed k's stream of `dls.train`, or of `dls[k].train` when each
+    member has loaders of its own (`fused_loaders`).
 
     A list `lr` gives each member its own peak lr (schedules in `cbs` peak at the largest); a float `weight_decay`
     goes to `opt_func`, a list is applied per member (see the module docstring for what is exact).
@@ -267,8 +221,9 @@ def fused_learner(
         opt_func = partial(opt_func, weight_decay=0.0 if per_member else float(weight_decay))
         weight_decay = weight_decay if per_member else None
     train = FusedTrainCB([v / peak for v in lrs] if lrs else None, weight_decay, label_smoothing)
-    base = [DeviceCB(dls.device), train, FusedMetricsCB()]
-    return Learner(fused, fused_loaders(dls, seeds), lr=peak, opt_func=opt_func, cbs=[*base, *cbs])
+    loaders = fused_loaders(dls, seeds)
+    base = [DeviceCB(loaders.device), train, FusedMetricsCB()]
+    return Learner(fused, loaders, lr=peak, opt_func=opt_func, cbs=[*base, *cbs])
 
 
 def fit_fused(

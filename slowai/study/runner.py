@@ -100,6 +100,7 @@ class Runner:
             "reference": self.spec.reference,
             "storage": self.shown_url,
             "accel": self.plan.accel,
+            "fuse": self.plan.fuse,
         }
         self.studies = OptunaStudies(
             self.spec, self.storage, self.plan.budget, attrs, self.plan.fingerprints, self.liveness, self.log

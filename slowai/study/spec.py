@@ -180,6 +180,7 @@ class StudySpec:
     channels_last: bool | None = None  # None: wherever it measurably pays (see slowai.accel)
     compile: bool | None = None  # None: when a run is long enough to amortize the compile
     margin: float = 0.003  # equivalence margin, as an accuracy fraction (0.003 = ±0.3 points)
+    fuse: str | int = "auto"  # confirm seeds trained as one model: "auto" (measured), "off", or K >= 2
 
     def __post_init__(self) -> None:
         self.candidates = as_candidates(self.candidates)
@@ -214,6 +215,8 @@ class StudySpec:
             raise StudyError(f"reference {self.reference!r} is not a candidate ({', '.join(names)})")
         if self.device is not None:
             check_device(self.device)
+        if self.fuse not in ("auto", "off") and not (isinstance(self.fuse, int) and self.fuse >= 2):
+            raise StudyError(f"fuse must be 'auto', 'off' or a number of seeds >= 2, got {self.fuse!r}")
         if not 0 <= self.margin < 1:
             raise StudyError(f"margin must be an accuracy fraction in [0, 1), got {self.margin!r}")
 

@@ -60,6 +60,17 @@ def seeds_arg(text: str) -> str | int:
         raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {text!r}") from None
 
 
+def fuse_arg(text: str) -> str | int:
+    """argparse type: 'auto', 'off', or how many confirm seeds train as one model (1 is off)."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        k = positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be auto, off or a number of seeds >= 1, got {text!r}") from None
+    return "off" if k == 1 else k
+
+
 def nonnegative_int(text: str) -> int:
     """argparse type: an int >= 0 (worker ids)."""
     return _int(text, 0)
@@ -121,6 +132,19 @@ def preflight(spec: StudySpec, args: argparse.Namespace) -> None:
         _check_storage(spec.storage, args.report_only)
     if spec.data_root is not None and not Path(spec.data_root).expanduser().exists():
         raise StudyError(f"{spec.dataset_name} data not found: --data-root {spec.data_root} does not exist")
+
+
+def worker_count(workers: int, per_gpu: int | None) -> int:
+    """--workers, or --workers-per-gpu times the visible GPUs (an error without one, or with both flags)."""
+    if per_gpu is None:
+        return workers
+    import torch
+
+    if workers != 1:
+        raise StudyError("give --workers or --workers-per-gpu, not both")
+    if not (n := torch.cuda.device_count()):
+        raise StudyError("--workers-per-gpu needs a visible CUDA device; on a CPU use --workers N")
+    return per_gpu * n
 
 
 def _check_seeds(seeds: str | int, max_seeds: int | None) -> None:

@@ -17,7 +17,7 @@ import optuna
 
 from slowai.data import DatasetNotFoundError
 from slowai.study.ablation import Ablation
-from slowai.study.cli.checks import EXIT_USAGE, preflight
+from slowai.study.cli.checks import EXIT_USAGE, preflight, worker_count
 from slowai.study.cli.flags import build_parser
 from slowai.study.cli.slurm import launcher
 from slowai.study.coordination.lease import Liveness
@@ -66,6 +66,8 @@ def main(
             **_spec_flags(args),
         )
         preflight(spec, args)
+        if args.worker_id is None:  # a worker started by --workers[-per-gpu] is one worker
+            args.workers = worker_count(args.workers, args.workers_per_gpu)
         command = _worker_command(name, argv) if args.workers > 1 or args.launcher == "slurm" else None
         launcher(args, run_study)(spec, **_run_flags(args, command))
     except DatasetNotFoundError as e:
@@ -80,9 +82,10 @@ def main(
 
 def _spec_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The StudySpec fields that come straight from flags."""
-    keys = ("amp", "compile", "channels_last", "pruner", "storage", "out", "data_root", "device", "wandb", "seed")
+    keys = ("amp", "compile", "channels_last", "fuse", "pruner", "storage", "out", "data_root", "device", "wandb")
     return {
         **{k: getattr(args, k) for k in keys},
+        "seed": args.seed,
         "wandb_project": args.wandb_project,
         "progress": not args.no_progress,
         "margin": args.margin / 100,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from slowai.data import list_datasets
 from slowai.study.cli.checks import (
     Parser,
+    fuse_arg,
     margin_arg,
     minutes_arg,
     nonempty,
@@ -139,6 +140,14 @@ def _speed(p: argparse.ArgumentParser) -> None:
     a("--amp", action="store_true", help="bf16 autocast for forward and loss (GPU; ignored on CPU)")
     a("--compile", action=flag, help="torch.compile every model (default: where a run is long enough to pay off)")
     a("--channels-last", action=flag, help="NHWC memory format (default: where it measurably pays)")
+    a(
+        "--fuse",
+        type=fuse_arg,
+        default="auto",
+        metavar="auto|off|K",
+        help="train K confirm seeds of a candidate as one fused model (same numbers, one run's dispatch cost); auto "
+        "measures whether it pays on this machine (default: %(default)s)",
+    )
 
 
 def _workers(p: argparse.ArgumentParser) -> None:
@@ -150,6 +159,13 @@ def _workers(p: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="local worker processes sharing the study (e.g. one per GPU); the report is built when all are done",
+    )
+    a(
+        "--workers-per-gpu",
+        type=positive_int,
+        metavar="N",
+        help="N local workers on each visible GPU (a small model leaves a GPU mostly idle; fusing seeds is the "
+        "other way to fill it)",
     )
     a(
         "--heartbeat-interval",

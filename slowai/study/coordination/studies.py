@@ -81,15 +81,20 @@ class OptunaStudies:
     def _may_write(self, stored: dict[str, Any], key: str) -> bool:
         """The plan's attrs are written once: the budget again only as a resume grows trials or seeds, and the
         speed-ups never (a worker with conflicting explicit flags must not rewrite what the others train with)."""
-        if key not in stored or key not in ("budget", "accel", "fingerprint"):
+        if key not in stored or key not in ("budget", "accel", "fuse", "fingerprint"):
             return True
         if key == "budget":
             return Budget(**stored["budget"]).fingerprint() == self.budget.fingerprint()
         return False
 
+    @property
+    def startup_trials(self) -> int:
+        """TPE's random start-up draws (they need no finished trial, so they may be drawn together)."""
+        return max(2, min(10, self.budget.trials // 2))
+
     def sampler(self, candidate: str, stage: str, number: int) -> optuna.samplers.BaseSampler:
         """TPE seeded by the trial number: reproducible for one worker, and distinct draws for concurrent workers."""
-        n_startup = max(2, min(10, self.budget.trials // 2))
+        n_startup = self.startup_trials
         return optuna.samplers.TPESampler(
             seed=stable_seed(self.spec.seed, candidate, stage, number), n_startup_trials=n_startup
         )

@@ -16,8 +16,8 @@ import copy
 import signal
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import optuna
@@ -132,23 +132,42 @@ def retry(study: optuna.Study, trial: FrozenTrial, **extra: Any) -> None:
 
 # ------------------------------------------------------------------------------------------- holding a trial
 @contextmanager
-def hold(
-    storage: BaseStorage, live: Liveness, study: optuna.Study, trial: optuna.Trial, label: str
-) -> Iterator[Heartbeat]:
+def hold(storage: BaseStorage, live: Liveness, study: optuna.Study, trial: optuna.Trial, label: str) -> Iterator[None]:
     """While this worker holds a trial its lease beats and its deadline runs; an error, wherever it strikes (W&B
     start, training, storage writes), closes the trial by its class (`failures`), so it is never left
     RUNNING by a live worker."""
-    tid = trial_id(storage, study.study_name, trial.number)
+    with hold_all(storage, live, study, [trial], label):
+        yield
+
+
+@contextmanager
+def hold_all(
+    storage: BaseStorage, live: Liveness, study: optuna.Study, trials: Sequence[optuna.Trial], label: str
+) -> Iterator[None]:
+    """`hold` for trials trained together (a fused batch): each beats, one deadline of `len(trials)` runs covers them
+    all, and an error closes every one of them by its class before the worker hears of it once."""
+    tids = [trial_id(storage, study.study_name, t.number) for t in trials]
+    deadline = live.trial_timeout * len(trials) if live.trial_timeout is not None else None
     try:
-        with Heartbeat(storage, tid, live.heartbeat_interval, (study.study_name, trial.number), live.trial_timeout):
-            with _deadline(live.trial_timeout):
+        with ExitStack() as beats:
+            for tid, t in zip(tids, trials):
+                key = (study.study_name, t.number)
+                beats.enter_context(Heartbeat(storage, tid, live.heartbeat_interval, key, deadline))
+            with _deadline(deadline):
                 yield
     except UpdateFinishedTrialError:
         raise failures.Dropped(f"{label}: declared lost meanwhile; its late result is dropped") from None
     except (failures.TrialFailed, failures.Dropped):
         raise
     except BaseException as e:
-        _close_failed(storage, live, study, tid, trial, e, label)
+        said = []
+        for tid, t in zip(tids, trials):
+            try:
+                _close_failed(storage, live, study, tid, t, e, label)
+            except (failures.TrialFailed, failures.Dropped, StorageUnreachable) as signal_:
+                said.append(signal_)
+        if said:  # an outage first (it stops the worker), else what the first trial's class says
+            raise next((x for x in said if isinstance(x, StorageUnreachable)), said[0]) from e
         raise
 
 

@@ -9,27 +9,23 @@ and several workers (processes, GPUs, machines) can share one study.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import optuna
-
 from slowai.study.analysis.answer import design_of
 from slowai.study.analysis.verdicts import seeds_needed
 from slowai.study.coordination import failures, workqueue
 from slowai.study.coordination.readback import confirm_key
 from slowai.study.coordination.studies import OptunaStudies
-from slowai.study.coordination.trials import hold
 from slowai.study.data import StudyData
-from slowai.study.execution.trial import Outcome, TrialContext, TrialRunner
+from slowai.study.execution.jobs import JobRunner
+from slowai.study.execution.trial import TrialRunner
 from slowai.study.planning.plan import Plan
-from slowai.study.seeds import confirm_seeds, tune_seed
-from slowai.study.space import route
-from slowai.study.spec import Candidate, StudyError, StudySpec
+from slowai.study.seeds import confirm_seeds
+from slowai.study.spec import StudyError, StudySpec
 from slowai.utils import fmt_seconds
 
 POLL_S = 2.0  # how often an idle worker re-reads the storage while others finish their trials
@@ -63,69 +59,20 @@ class Scheduler:
         say: Callable[[str], None],
         poll_s: float = POLL_S,
     ) -> None:
-        self.spec, self.plan, self.studies, self.data, self.trials = spec, plan, studies, data, trials
+        self.spec, self.plan, self.studies = spec, plan, studies
         self.budget, self.say, self.poll_s = plan.budget, say, poll_s
+        self.work = JobRunner(spec, plan, studies, data, trials)
         self._waiting_on: set[str] = set()
 
     # ------------------------------------------------------------------------------------ one job
-    def run_one(self, cand: Candidate, stage: str, study: optuna.Study, trial: optuna.Trial, seed: int, bar: Any):
-        """Draw the hyperparameters, route them, and train on the stage's data."""
-        hp = self.spec.space_of(cand)(trial)
-        cfg = route(hp, cand.recipe, f"the search space of {cand.name!r}")
-        dls = self.data.for_stage(self.budget, stage, cfg, seed)  # a confirm seed draws its split (issue 20)
-        epochs = self.budget.tune_epochs if stage == "tune" else self.budget.confirm_epochs
-        ctx = TrialContext(self.spec, cand, stage, seed, trial, hp, cfg, dls, epochs, self.spec.out_dir)
-        return self.trials.run(ctx, study, bar)
-
-    def tune_one(self, cand: Candidate, bar: Any) -> str | None:
-        """Pop and run one of the candidate's queued tune slots, if any is queued."""
-        study = self.studies.study(cand.name, "tune")
-        if not workqueue.has_waiting(study):
-            return None
-        trial = study.ask()  # one queued slot (or a retry), this worker's alone
-        slot = trial.user_attrs.get("slot")
-        with self._hold(study, trial, f"{cand.name} tune t{trial.number}"):
-            if slot is None or workqueue.holds_earlier(study, trial, "slot", slot):
-                workqueue.mark_surplus(study, trial, "no tune slot was left to pop")
-                return None
-            study.sampler = self.studies.sampler(cand.name, "tune", slot)
-            out: Outcome = self.run_one(cand, "tune", study, trial, tune_seed(slot), bar)
-        return f"{cand.name} tune t{trial.number}: valid acc {_fmt(out.last_valid)} ({out.state}) in {out.wall_s:.1f} s"
-
-    def confirm_one(self, cand: Candidate, seeds: list[int], bar: Any) -> str | None:
-        """Queue the round's `seeds` (once, by whichever worker claims them first) and pop and run one queued seed,
-        once tuning has finished everywhere."""
-        if not self._tuned(cand.name):
-            return None  # another worker still tunes this candidate: its best params are not final yet
-        best = self.studies.best_params(cand.name)
-        if best is None:
-            return None  # every tune trial was pruned or failed: reported as such, nothing to confirm
-        key, study = confirm_key(best), self.studies.study(cand.name, "confirm")
-        workqueue.queue_seeds(self.studies.storage, self.spec.name, study, cand.name, best, seeds)
-        if not workqueue.has_waiting(study):
-            return None
-        trial = study.ask()  # one queued seed (or a retry), this worker's alone
-        seed = trial.user_attrs.get("seed")
-        with self._hold(study, trial, f"{cand.name} confirm seed {seed} (t{trial.number})"):
-            stale = trial.user_attrs.get("params_key") != key  # queued for an older best trial
-            if seed is None or stale or workqueue.holds_earlier(study, trial, "seed", seed, key):
-                workqueue.mark_surplus(study, trial, "no confirm seed with the current best params was left to pop")
-                return None
-            out = self.run_one(cand, "confirm", study, trial, seed, bar)
-        acc = out.test["accuracy"] if out.test else float("nan")
-        return f"{cand.name} confirm seed {seed}: test acc {_fmt(acc)} ({out.state}) in {out.wall_s:.1f} s"
-
-    def _hold(self, study: optuna.Study, trial: optuna.Trial, label: str) -> Any:
-        return hold(self.studies.storage, self.studies.liveness, study, trial, label)
-
     def do(self, job: Job, bar: Any) -> str | None:
         """Run one job; a failed or dropped trial is a line of output. (An outage is waited out by the storage itself,
         `coordination.patience`; one that outlasts the patience stops the worker.)"""
         cand = self.spec.candidate(job.candidate)
         try:
             if job.stage == "tune":
-                return self.tune_one(cand, bar)
-            return self.confirm_one(cand, job.round or [job.seed], bar)
+                return self.work.tune_one(cand, bar)
+            return self.work.confirm_one(cand, job.round or [job.seed], bar)
         except (failures.TrialFailed, failures.Dropped) as e:
             return str(e)
 
@@ -147,7 +94,7 @@ class Scheduler:
         """Work not finished by any worker, read from the storage: one tune job per candidate still tuning, else the
         confirm seeds it still needs (the first look's, then one round at a time while its comparison is undecided)
         without a completed run."""
-        tuning = [c.name for c in self.spec.candidates if not self._tuned(c.name)]
+        tuning = [c.name for c in self.spec.candidates if not self.work.tuned(c.name)]
         jobs = [Job("tune", name) for name in tuning]
         states = {c.name: self.studies.confirm_state(c.name) for c in self.spec.candidates if c.name not in tuning}
         accs = {name: state[0] for name, state in states.items() if state is not None}  # None: nothing to confirm
@@ -157,9 +104,6 @@ class Scheduler:
             failed = states[name][1]
             jobs += [Job("confirm", name, seed=s, round=wanted) for s in wanted if s not in done and s not in failed]
         return jobs
-
-    def _tuned(self, candidate: str) -> bool:
-        return workqueue.tune_done(self.studies.study(candidate, "tune"), self.budget.trials)
 
     def _seeds_needed(self, accs: dict[str, dict[int, float]]) -> dict[str, int]:
         """Seeds per candidate by the sequential rule (`analysis.verdicts`); a fixed study needs `seeds`."""
@@ -241,10 +185,6 @@ class Scheduler:
             self.say(f"waiting for trials running on {', '.join(sorted(held))}")
         self._waiting_on = held
         return bool(held)
-
-
-def _fmt(acc: float | None) -> str:
-    return f"{acc:.4f}" if acc is not None and math.isfinite(acc) else "n/a"
 
 
 def say_to(log: Callable[[str], None], progress: bool) -> Callable[[str], None]:

@@ -65,6 +65,7 @@ class Outcome:
     test: dict[str, float] | None = None
     state: str = "complete"
     reason: str | None = None
+    fused: int = 1  # runs trained together as one fused model (`fused_trial`)
 
     @property
     def best_valid(self) -> float:
@@ -138,10 +139,12 @@ class TrialRunner:
             dls.train.reseed(None)
         test = evaluate(model, dls.test) if not tune else None
         if test is not None:
-            test[testset.ATTR] = _per_image(model, dls.test)
+            test[testset.ATTR] = per_image(model, dls.test)
         wall = time.perf_counter() - t0
         train_s = [r["seconds"] for r in metrics.train_history]
-        return Outcome(_history(metrics), sum(train_s) / max(len(train_s), 1), wall, test, state, why), model
+        return Outcome(
+            history_rows(metrics.history), sum(train_s) / max(len(train_s), 1), wall, test, state, why
+        ), model
 
     def _reuse_compiled(self, ctx: TrialContext, fresh: torch.nn.Module) -> torch.nn.Module:
         """The module this process already compiled for this architecture, holding `fresh`'s seeded weights.
@@ -159,10 +162,10 @@ class TrialRunner:
         """Train, record attrs + W&B, save a confirm run's model, tell Optuna; on errors the W&B run is closed."""
         trial, cand = ctx.trial, ctx.candidate
         s = self.summary(cand, ctx.config, ctx.dls)
-        attrs = self._attrs(ctx, s)
+        attrs = self.attrs(ctx, s)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        run = self._start_run(ctx, attrs)
+        run = self.start_run(ctx, attrs)
         trial.set_user_attr("wandb_run_id", run.id)
         try:
             out, model = self.train(ctx, run, bar)
@@ -176,13 +179,13 @@ class TrialRunner:
         if ctx.stage == "confirm" and out.state == "complete":
             artifacts.save_model(study, trial, model, ctx, run, self.out)
         try:
-            self._record(study, trial, run, out, ctx.stage)
+            self.record(study, trial, run, out, ctx.stage)
         except UpdateFinishedTrialError:  # this worker was silent past the grace period: its retry counts instead
             run.finish(1)
             out.state, out.reason = "dropped", "declared lost by another worker meanwhile"
         return out
 
-    def _attrs(self, ctx: TrialContext, s: Summary) -> dict[str, Any]:
+    def attrs(self, ctx: TrialContext, s: Summary) -> dict[str, Any]:
         return {
             "candidate": ctx.candidate.name,
             "stage": ctx.stage,
@@ -200,7 +203,7 @@ class TrialRunner:
             "worker": worker_id(),
         }
 
-    def _start_run(self, ctx: TrialContext, attrs: dict[str, Any]) -> TrackedRun:
+    def start_run(self, ctx: TrialContext, attrs: dict[str, Any]) -> TrackedRun:
         keys = ("seed", "params", "mflops", "epochs", "data_source", "model", "accel", "input_shape")
         config = {
             **ctx.config.describe(),
@@ -217,7 +220,7 @@ class TrialRunner:
         name, tags = f"{ctx.candidate.name}-{ctx.stage}-t{ctx.trial.number}", [ctx.candidate.name, config["dataset"]]
         return self.tracker.start(name, ctx.stage, tags, config)
 
-    def _record(self, study: optuna.Study, trial: optuna.Trial, run: TrackedRun, out: Outcome, stage: str) -> None:
+    def record(self, study: optuna.Study, trial: optuna.Trial, run: TrackedRun, out: Outcome, stage: str) -> None:
         trial.set_user_attr("history", out.history)
         trial.set_user_attr("seconds_per_epoch", out.seconds_per_epoch)
         trial.set_user_attr("wall_time_s", out.wall_s)
@@ -252,7 +255,7 @@ def _model_key(cand: Candidate, cfg: TrainConfig, dls: DataLoaders) -> tuple:
     return (cand.name, repr(sorted(cfg.model_kw.items())), dls.input_shape, dls.n_classes)
 
 
-def _per_image(model: torch.nn.Module, dl: Any) -> str:
+def per_image(model: torch.nn.Module, dl: Any) -> str:
     """Which test images the run got right, packed (`analysis.testset`): the verdicts fold the test set's
     sampling error into Δ from it. One more pass over the test set, in eval mode."""
     was_training, device = model.training, next(model.parameters()).device
@@ -273,14 +276,15 @@ def _as_list(cbs: Any) -> list[Callback]:
     return [cbs] if isinstance(cbs, Callback) else list(cbs)
 
 
-def _history(metrics: MetricsCB) -> list[dict[str, float]]:
-    """Per-epoch rows {epoch, train_loss, train_accuracy, valid_loss, valid_accuracy} (JSON-safe floats)."""
-    rows: dict[int, dict[str, float]] = {}
-    for r in metrics.history:
+def history_rows(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per-epoch rows {epoch, train_loss, train_accuracy, valid_loss, valid_accuracy} (JSON-safe floats) out of
+    MetricsCB-style rows (one per pass)."""
+    out: dict[int, dict[str, float]] = {}
+    for r in rows:
         kind = "train" if r["train"] == "train" else "valid"
-        row = rows.setdefault(r["epoch"], {"epoch": r["epoch"]})
+        row = out.setdefault(r["epoch"], {"epoch": r["epoch"]})
         row[f"{kind}_loss"], row[f"{kind}_accuracy"] = _finite(r["loss"]), _finite(r["accuracy"])
-    return [rows[k] for k in sorted(rows)]
+    return [out[k] for k in sorted(out)]
 
 
 def _finite(x: float) -> float | None:

@@ -53,15 +53,19 @@ def estimate(
     pruner: str,
     todo: dict[str, tuple[int, int]] | None = None,
     speedups: dict[str, tuple[float, float]] | None = None,
+    fused: dict[str, float] | None = None,
 ) -> Estimate:
     """Seconds for the work left: `todo[candidate] = (tune trials, confirm seeds)` still to run (all by default);
-    `speedups[candidate] = (throughput factor, seconds paid once)` of its accelerations (compile: its cold cost)."""
+    `speedups[candidate] = (throughput factor, seconds paid once)` of its accelerations (compile: its cold cost);
+    `fused[candidate]`: the measured speed-up of its fused confirm seeds over eager runs (they skip the others)."""
     est = Estimate()
     for name, eager in speed.items():
         factor, once = (speedups or {}).get(name, (1.0, 0.0))
         tp = Throughput(eager.train_ips * factor, eager.eval_ips * factor)
         n_tune, n_conf = todo[name] if todo is not None else (budget.trials, budget.seeds)
         tune_epoch = sizes.tune_train / tp.train_ips + sizes.tune_valid / tp.eval_ips
+        if (gain := (fused or {}).get(name, 1.0)) > 1.0:
+            tp = Throughput(eager.train_ips * gain, eager.eval_ips * gain)
         conf_epoch = sizes.confirm_train / tp.train_ips + sizes.confirm_valid / tp.eval_ips
         shrink = 1 - PRUNED_SHARE * (1 - 1 / budget.tune_epochs) if pruner != "none" else 1.0
         est.tune[name] = n_tune * (budget.tune_epochs * tune_epoch * shrink + RUN_OVERHEAD_S) + (once if n_tune else 0)

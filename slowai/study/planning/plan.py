@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from slowai.study.planning.estimate import DataSizes, Estimate
+from slowai.study.planning.fusion import Fusion
 from slowai.study.planning.probe import Throughput
 from slowai.study.spec import Budget, StudySpec
 from slowai.utils import fmt_seconds
@@ -34,6 +35,12 @@ class Plan:
     fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)  # what a resume must keep, per candidate
     source: str = "chosen"  # where the budget came from: explicit, stored, or chosen here (presets, quick)
     record: PlanRecord | None = None  # the study's stored plan, once one is read or stored
+    fusion: dict[str, Fusion] = field(default_factory=dict)  # confirm seeds trained as one model, per candidate
+
+    @property
+    def fuse(self) -> dict[str, int]:
+        """Seeds per fused confirm run, per candidate (1: unfused)."""
+        return {name: f.k for name, f in self.fusion.items()}
 
     @property
     def per_round(self) -> float:
@@ -77,6 +84,9 @@ class Plan:
             lines.append(f"  measured train throughput (img/s, eager): {speed}")
         if self.accel:
             lines.append("  speed-ups: " + " · ".join(f"{k} {'+'.join(v) or 'none'}" for k, v in self.accel.items()))
+        if whys := {f.why for f in self.fusion.values()}:
+            each = " · ".join(f"{k} {f.why}" for k, f in self.fusion.items())
+            lines.append(f"  fused runs: {whys.pop() if len(whys) == 1 else each}")
         lines += [
             f"  already done: {done_t}/{n * b.trials} tune trials, {done_c}/{n * b.seeds} confirm runs",
             f"  estimated time: {fmt_seconds(self.estimate.total)} "

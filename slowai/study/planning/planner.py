@@ -15,7 +15,7 @@ import torch
 from slowai.study.coordination.studies import done_counts
 from slowai.study.data import StudyData
 from slowai.study.planning import budget as budgets
-from slowai.study.planning import fingerprint, remembered, speedups, stored_plan
+from slowai.study.planning import fingerprint, fusion, remembered, speedups, stored_plan
 from slowai.study.planning.estimate import confirm_run_seconds, estimate, sizes_for
 from slowai.study.planning.plan import Plan
 from slowai.study.planning.probe import CPU_PROBE_BS, MIN_PROBE_S, Throughput, probe
@@ -92,17 +92,30 @@ class Planner:
             self._check_record(record, budget, stored=bool(stored))
         self._check_spaces(budget, draws)
         sizes = sizes_for(budget, self.data.sizes)
-        before = stored or ({"plan": {"accel": record.accel}} if record else {})
+        before = stored or ({"plan": {"accel": record.accel, "fuse": record.fuse}} if record else {})
         accel = speedups.decide(self.spec, budget, sizes, speed, self.device, before, self.log)
         done = done_counts(self.spec, storage, budget)
         todo = {k: (max(budget.trials - t, 0), max(budget.seeds - c, 0)) for k, (t, c) in done.items()}
         ups = speedups.speedups(self.spec, accel, self.device)
-        est = estimate(budget, sizes, speed, self.spec.pruner, todo, ups)
+        full = estimate(budget, sizes, speed, self.spec.pruner, None, ups).confirm
+        fused = fusion.decide(self.spec, budget, full, self._shapes(budget), self.device, before, accel)
+        gains = {k: f.speedup for k, f in fused.items()}
+        est = estimate(budget, sizes, speed, self.spec.pruner, todo, ups, gains)
         per_run = confirm_run_seconds(budget, sizes, speed, ups)
         return Plan(
             budget, sizes, speed, est, done, fits, self.time_budget_s, self.device, self.storage_url, accel, per_run,
-            fps, source, record,
+            fps, source, record, fused,
         )  # fmt: skip
+
+    def _shapes(self, budget: Budget) -> dict[str, tuple[tuple[int, ...], int, int]]:
+        """(input shape, classes, batch size) of each candidate's confirm runs, for measuring fusion (on a CPU at
+        most CPU_PROBE_BS, as the throughput probe: the ratio is what counts, and it costs a quarter of the time)."""
+        dls = self.data.for_stage(budget, "confirm")
+        cap = CPU_PROBE_BS if self.device.type == "cpu" else None
+        return {
+            c.name: (tuple(dls.input_shape), dls.n_classes, min(self._space_bs(c) or budget.bs, cap or 1 << 30))
+            for c in self.spec.candidates
+        }
 
     def _check_record(self, record: stored_plan.PlanRecord, budget: Budget, stored: bool) -> None:
         """A study whose candidates have no stored attrs yet is held to its plan record (the same rule as resume)."""

@@ -31,6 +31,7 @@ class PlanRecord:
     throughput: dict[str, dict[str, float]]  # candidate -> train_ips, eval_ips (eager) on the writer's machine
     estimate_s: float  # the first look's work, as planned
     per_round_s: float  # each further sequential round
+    fuse: dict[str, int] = field(default_factory=dict)  # confirm seeds trained as one model, per candidate
     writer: str = field(default_factory=worker_id)  # the proposing worker's id
     written_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells a proposer its own trial apart
@@ -40,7 +41,7 @@ class PlanRecord:
     def of(cls, plan: Plan) -> PlanRecord:
         """The record proposing `plan`."""
         speed = {k: asdict(v) for k, v in plan.speed.items()}
-        return cls(asdict(plan.budget), plan.accel, speed, plan.estimate.total, plan.per_round)
+        return cls(asdict(plan.budget), plan.accel, speed, plan.estimate.total, plan.per_round, plan.fuse)
 
     def describe(self) -> str:
         """'6 trials × 2 epochs on 5,000 images, 3–6 seeds × 2 epochs on 20,000 images'."""
