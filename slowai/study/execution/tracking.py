@@ -248,5 +248,6 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
 
 
 def offline_runs(wandb_dir: str | Path) -> list[Path]:
-    """Every `offline-run-*` directory under a `wandb/` directory, oldest first."""
-    return sorted(Path(wandb_dir).glob("offline-run-*"))
+    """Every `offline-run-*` directory under a `wandb/` directory that holds a run log, oldest first (a run whose
+    `wandb.init` failed, e.g. timed out on a loaded machine, leaves a directory without one; training went on)."""
+    return sorted(d for d in Path(wandb_dir).glob("offline-run-*") if any(d.glob("run-*.wandb")))
