@@ -1,4 +1,8 @@
-"""Tuned, multi-seed studies: Optuna per candidate, seed-repeated confirmation on test, honest statistics."""
+"""Tuned, multi-seed studies: Optuna per candidate, seed-repeated confirmation on test, honest statistics.
+
+A study flows one way through five rooms: `planning` (the budget that fits, one plan per study), `coordination`
+(the storage shared by workers), `execution` (popping and training trials), `analysis` (the verdicts) and `report`
+(the answer), conducted by `runner` and started by `cli`; README's Layout section names every module."""
 
 from slowai.study.ablation import Ablation
 from slowai.study.analysis.answer import analyze
