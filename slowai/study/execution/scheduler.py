@@ -127,14 +127,16 @@ class Scheduler:
         self.finish_remaining()
 
     def _run_logged(self, jobs: list[Job]) -> None:
-        """One line per finished trial with an ETA scaled by how fast the estimate has proven so far."""
+        """One line per finished trial with an ETA scaled by how fast the estimate has proven so far (a job that ran
+        several trials fused counts each of them; the jobs whose trials it took then find nothing to pop)."""
         spent = est_done = 0.0
+        total = sum(j.estimate_s for j in jobs)
         for i, job in enumerate(jobs, 1):
             t0 = time.perf_counter()
             msg = self.do(job, None)
             spent += time.perf_counter() - t0
-            est_done += job.estimate_s
-            left = sum(j.estimate_s for j in jobs[i:]) * (spent / est_done if est_done else 1.0)
+            est_done = min(est_done + job.estimate_s * (msg.count("\n") + 1 if msg else 0), total)
+            left = (total - est_done) * (spent / est_done if est_done else 1.0)
             if msg:
                 self.say(f"[{i}/{len(jobs)}] {msg}" + (f"; ETA {fmt_seconds(left)}" if est_done else ""))
 
