@@ -163,12 +163,8 @@ class Planner:
         machine = {"device": self.device.type, "threads": torch.get_num_threads(), "data": self.data.fingerprint()}
         speed = remembered.smoothed(remembered.question_key(probe=described, **machine), speed)
 
-        def seconds(b: Budget) -> float:  # with the speed-ups this budget would get (compile pays on long runs only)
-            sizes = sizes_for(b, self.data.sizes)
-            accel = speedups.decide(self.spec, b, sizes, speed, self.device, {}, lambda _: None)
-            return estimate(
-                b, sizes, speed, self.spec.pruner, None, speedups.speedups(self.spec, accel, self.device)
-            ).total
+        def seconds(b: Budget) -> float:
+            return estimate(b, sizes_for(b, self.data.sizes), speed, self.spec.pruner).total
 
         key = remembered.question_key(
             study=self.spec.name,
