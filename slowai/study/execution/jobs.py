@@ -48,7 +48,7 @@ class JobRunner:
         up to the plan's fused K, trained fused where their draws agree on everything but lr, weight decay and label
         smoothing (`fused_trial.fusable_key`). Later draws stay one at a time: each learns from the ones before."""
         study = self.studies.study(cand.name, "tune")
-        taken = len(study.get_trials(deepcopy=False)) - len(study.get_trials(deepcopy=False, states=(WAITING,)))
+        taken = sum(t.state != WAITING for t in study.get_trials(deepcopy=False))  # popped or finished, one read
         k = min(self.plan.fuse.get(cand.name, 1), max(1, self.studies.startup_trials - taken))
         popped = [study.ask() for _ in range(k) if workqueue.has_waiting(study)]
         if not popped:
