@@ -33,11 +33,13 @@ from slowai.fuse import (
     FusedTrainCB,
     FusionError,
     FusionTiming,
+    MemberSchedulesCB,
     fit_fused,
     fuse_models,
     fuse_seeds,
     fused_learner,
     measure_fusion,
+    schedule_trace,
 )
 from slowai.layers import Conv, DoubleConvBlock, GeneralReLU, ResidualConvBlock, init_leaky_weights
 from slowai.learner import (
@@ -105,6 +107,7 @@ __all__ = [
     "GeneralReLU",
     "LRFinderCB",
     "Learner",
+    "MemberSchedulesCB",
     "MetricsCB",
     "MixedPrecisionCB",
     "MultiStepCB",
@@ -152,6 +155,7 @@ __all__ = [
     "list_schedules",
     "load_model",
     "measure_fusion",
+    "schedule_trace",
     "random_resized_crop_flip",
     "register_dataset",
     "register_model",

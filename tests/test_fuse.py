@@ -24,12 +24,14 @@ from slowai import (
     FusionError,
     Learner,
     create_model,
+    create_schedule,
     digits,
     evaluate,
     fit_fused,
     fuse_models,
     fused_learner,
     measure_fusion,
+    schedule_trace,
     set_seed,
 )
 
@@ -77,11 +79,11 @@ def in_float64(make):
     return lambda: make().double()
 
 
-def solo_run(make, seed, dls, lr=0.05, opt_func=SGD, label_smoothing=0.0, steps=STEPS, float64=True):
+def solo_run(make, seed, dls, lr=0.05, opt_func=SGD, label_smoothing=0.0, steps=STEPS, float64=True, cbs=()):
     """The unfused reference: seed `seed`'s model and batch order, trained alone."""
     set_seed(seed)
     model = in_float64(make)() if float64 else make()
-    cbs = [Float64CB()] if float64 else []
+    cbs = [Float64CB(), *cbs] if float64 else list(cbs)
     stop = StopAfter(steps)
     loss = partial(F.cross_entropy, label_smoothing=label_smoothing)
     dls.train.reseed(seed)
@@ -159,6 +161,34 @@ def test_per_member_weight_decay_with_sgd_goes_into_the_gradient(dls):
     assert_same_runs(
         learn, losses, [solo_run(make, s, dls, lr, partial(SGD, weight_decay=wd)) for s, lr, wd in zip(SEEDS, lrs, wds)]
     )
+
+
+def test_per_member_schedules_give_each_member_its_own_warm_up_decay_and_peak(dls):
+    make, lrs = factory("residual", width=4), [0.05, 0.02, 0.08]
+    scheds = [("cosine", {"warmup": 0.1}), ("cosine", {"warmup": 0.25, "final_div": 10}), ("constant", {"warmup": 0.2})]
+    learn, losses = fused_run(make, SEEDS, dls, lr=lrs, schedules=[create_schedule(n, **kw) for n, kw in scheds])
+    solo = [solo_run(make, s, dls, lr, cbs=[create_schedule(n, **kw)]) for s, lr, (n, kw) in zip(SEEDS, lrs, scheds)]
+    assert_same_runs(learn, losses, solo)
+
+
+def test_one_cycle_members_fuse_when_their_momentum_cycles_agree(dls):
+    make, adamw, lrs = factory("conv", width=4), torch.optim.AdamW, [3e-3, 1e-2]
+    scheds = [create_schedule("onecycle", div_factor=d) for d in (25.0, 5.0)]  # the lr alone differs
+    learn, losses = fused_run(make, SEEDS[:2], dls, lr=lrs, opt_func=adamw, schedules=scheds)
+    solo = [
+        solo_run(make, s, dls, lr, adamw, cbs=[create_schedule("onecycle", div_factor=d)])
+        for s, lr, d in zip(SEEDS, lrs, (25.0, 5.0))
+    ]
+    assert_same_runs(learn, losses, solo)
+
+
+def test_schedules_that_move_the_momentum_differently_do_not_share_one_optimizer(dls):
+    early, late = create_schedule("onecycle", pct_start=0.1), create_schedule("onecycle", pct_start=0.4)
+    warm_a, warm_b = create_schedule("cosine", warmup=0.1), create_schedule("cosine", warmup=0.3)
+    assert schedule_trace(warm_a, SGD, 0.1, 50) == schedule_trace(warm_b, SGD, 0.01, 50)  # only the lr differs
+    assert schedule_trace(early, SGD, 0.1, 50) != schedule_trace(late, SGD, 0.1, 50)
+    with pytest.raises(ValueError, match="differ in more than the lr"):
+        fused_run(factory("conv", width=4), SEEDS[:2], dls, lr=[0.1, 0.1], schedules=[early, late])
 
 
 class StopMember(Callback):

@@ -117,11 +117,13 @@ def test_a_spec_refuses_a_fuse_setting_it_cannot_run():
 
 # ------------------------------------------------------------------------------------------- fused tune trials
 def varied_space(trial):
-    """Draws that keep the model's shapes: members differ in lr, weight decay and label smoothing only."""
+    """Draws that keep the model's shapes: members differ in lr, weight decay, label smoothing and warm-up only."""
     return {
         "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
         "train.label_smoothing": trial.suggest_float("train.label_smoothing", 0.0, 0.2),
+        "sched": "cosine",
+        "sched.warmup": trial.suggest_float("sched.warmup", 0.0, 0.5),
     }
 
 
@@ -141,9 +143,10 @@ def tune_trials(fuse, out):
 
 
 @pytest.mark.slow
-def test_tune_trials_that_keep_the_shapes_train_fused_each_with_its_own_lr_weight_decay_and_smoothing(tmp_path):
+def test_tune_trials_that_keep_the_shapes_train_fused_each_with_its_own_lr_decay_smoothing_and_warm_up(tmp_path):
     alone, together = tune_trials("off", tmp_path / "off"), tune_trials(2, tmp_path / "fused")
     assert [t.user_attrs.get("fused") for t in together] == [2, 2] and len({t.params["lr"] for t in together}) == 2
+    assert len({t.params["sched.warmup"] for t in together}) == 2
     for a, b in zip(alone, together):
         assert a.params == b.params  # each slot draws with its own seeded sampler, whoever pops it
         losses = [[r["train_loss"] for r in t.user_attrs["history"]] for t in (a, b)]

@@ -91,6 +91,8 @@ def test_one_offline_wandb_run_per_trial(study_dir):
         if cfg["stage"] == "confirm":
             assert 0 <= r["summary"]["test_accuracy"] <= 1
     assert sum(any(k.startswith("model_summary") for h in r["history"] for k in h) for r in runs) == len(CANDS)
+    dirs = offline_runs(study_dir / "wandb")
+    assert sum((d / "files" / "requirements.txt").exists() for d in dirs) == 1  # the packages, once per process
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from slowai.fuse.loaders import SeedStreams, fused_loaders
 from slowai.fuse.measure import FusionTiming, measure_fusion
 from slowai.fuse.model import FusedLinear, FusedModel, FusionError, fuse_models, fuse_seeds, verify_fused
+from slowai.fuse.schedules import MemberSchedulesCB, schedule_trace
 from slowai.fuse.train import FusedMetricsCB, FusedTrainCB, fit_fused, fused_learner, member_losses
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "FusedTrainCB",
     "FusionError",
     "FusionTiming",
+    "MemberSchedulesCB",
     "SeedStreams",
     "fit_fused",
     "fuse_models",
@@ -20,5 +22,6 @@ __all__ = [
     "fused_loaders",
     "member_losses",
     "measure_fusion",
+    "schedule_trace",
     "verify_fused",
 ]

@@ -26,7 +26,9 @@ from slowai.core import Callback, CancelFitException
 from slowai.data import DataLoaders
 from slowai.fuse.loaders import fused_loaders
 from slowai.fuse.model import FusedModel, fuse_seeds
+from slowai.fuse.schedules import MemberSchedulesCB
 from slowai.learner import DeviceCB, Learner
+from slowai.schedules import ScheduleCB
 
 __all__ = ["FusedMetricsCB", "FusedTrainCB", "fit_fused", "fused_learner", "member_losses"]
 
@@ -207,12 +209,15 @@ def fused_learner(
     cbs: Sequence[Callback] = (),
     weight_decay: PerMember | None = None,
     label_smoothing: PerMember = 0.0,
+    schedules: Sequence[ScheduleCB] | None = None,
 ) -> Learner:
     """A Learner for `fused` whose member k trains on seed k's stream of `dls.train`, or of `dls[k].train` when each
     member has loaders of its own (`fused_loaders`).
 
-    A list `lr` gives each member its own peak lr (schedules in `cbs` peak at the largest); a float `weight_decay`
-    goes to `opt_func`, a list is applied per member (see the module docstring for what is exact).
+    A list `lr` gives each member its own peak lr (a schedule in `cbs` peaks at the largest); `schedules`, one per
+    member, gives each member its own schedule from its own peak instead (`MemberSchedulesCB`; then `cbs` holds no
+    schedule). A float `weight_decay` goes to `opt_func`, a list is applied per member (see the module docstring for
+    what is exact).
     """
     lrs = [float(v) for v in lr] if isinstance(lr, Sequence) else None
     peak = max(lrs) if lrs else float(lr)
@@ -220,9 +225,12 @@ def fused_learner(
         per_member = isinstance(weight_decay, Sequence)
         opt_func = partial(opt_func, weight_decay=0.0 if per_member else float(weight_decay))
         weight_decay = weight_decay if per_member else None
-    train = FusedTrainCB([v / peak for v in lrs] if lrs else None, weight_decay, label_smoothing)
+    mult = [v / peak for v in lrs] if lrs and schedules is None else None
+    train = FusedTrainCB(mult, weight_decay, label_smoothing)
     loaders = fused_loaders(dls, seeds)
     base = [DeviceCB(loaders.device), train, FusedMetricsCB()]
+    if schedules is not None:
+        base.append(MemberSchedulesCB(schedules, lrs or [peak] * fused.k, opt_func, train))
     return Learner(fused, loaders, lr=peak, opt_func=opt_func, cbs=[*base, *cbs])
 
 

@@ -12,17 +12,19 @@ and each member's seconds are the fused run's divided by K.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from torch.optim import Optimizer
 
 from slowai.core import Callback
-from slowai.fuse import FusedMetricsCB, FusedTrainCB, fuse_seeds, fused_learner
+from slowai.fuse import FusedMetricsCB, FusedTrainCB, fuse_seeds, fused_learner, schedule_trace
 from slowai.learner import Learner
 from slowai.optim import create_optimizer
-from slowai.schedules import create_schedule
+from slowai.schedules import ScheduleCB, create_schedule
 from slowai.study.analysis import testset
 from slowai.study.coordination.failures import reason
 from slowai.study.execution import artifacts
@@ -36,15 +38,32 @@ FUSED = "fused"  # trial attr: how many runs trained together in this run's fuse
 
 
 def fusable_key(cfg: TrainConfig) -> tuple:
-    """Runs with equal keys fuse: same model, data, batch size, optimizer and schedule; lr, weight decay and label
-    smoothing are each member's own (exact: elementwise optimizers, schedules linear in the peak lr)."""
+    """Runs with equal keys may fuse: same model, data, batch size and optimizer; lr, weight decay, label smoothing
+    and schedule values are each member's own (exact: elementwise optimizers, `slowai.fuse.schedules`), as long as
+    their schedules move nothing but the lr differently (`fusable_groups` checks)."""
     opt_kw = {k: v for k, v in cfg.opt_kw.items() if k != "weight_decay"}
-    return (cfg.opt, repr(sorted(opt_kw.items())), cfg.sched, repr(sorted(cfg.sched_kw.items())),
-            repr(sorted(cfg.model_kw.items())), repr(sorted(cfg.data_kw.items())), cfg.bs)  # fmt: skip
+    return (cfg.opt, repr(sorted(opt_kw.items())), repr(sorted(cfg.model_kw.items())),
+            repr(sorted(cfg.data_kw.items())), cfg.bs)  # fmt: skip
+
+
+def fusable_groups(ctxs: list[TrialContext]) -> list[list[int]]:
+    """Indices of `ctxs` that train together: equal `fusable_key`s and equal schedule traces (momentum, betas)."""
+    if len(ctxs) == 1:
+        return [[0]]
+    groups: dict[tuple, list[int]] = {}
+    traces: dict[tuple, tuple] = {}
+    for i, ctx in enumerate(ctxs):
+        cfg, total = ctx.config, ctx.epochs * len(ctx.dls.train)
+        sched = (cfg.sched, repr(sorted(cfg.sched_kw.items())), cfg.lr, total)
+        if (fusable_key(cfg), sched) not in traces:  # confirm seeds share one: simulate it once
+            opt_func = partial(_opt_func(cfg), weight_decay=0.0)
+            traces[fusable_key(cfg), sched] = schedule_trace(_schedule(cfg), opt_func, float(cfg.lr), total)
+        groups.setdefault((fusable_key(cfg), traces[fusable_key(cfg), sched]), []).append(i)
+    return list(groups.values())
 
 
 def run_fused(trials: TrialRunner, ctxs: list[TrialContext], study: optuna.Study) -> list[Outcome]:
-    """Train `ctxs` (one candidate and stage, equal `fusable_key`s) as one model; record every member as its run."""
+    """Train `ctxs` (one candidate and stage, one of `fusable_groups`) as one model; record every member as its run."""
     summary = trials.summary(ctxs[0].candidate, ctxs[0].config, ctxs[0].dls)
     channels_last = "channels_last" in trials.speedups.get(ctxs[0].candidate.name, [])
     runs = [_start(trials, ctx, summary, len(ctxs), channels_last) for ctx in ctxs]
@@ -84,14 +103,14 @@ def _train(ctxs: list[TrialContext], channels_last: bool) -> tuple[Learner, floa
     fused = fuse_seeds(build, seeds, dls.train.one_batch()[0][:8])
     if channels_last:
         fused.to_channels_last()
-    opt_kw = {k: v for k, v in cfg.opt_kw.items() if k != "weight_decay"}
-    opt_func = partial(create_optimizer, cfg.opt, **opt_kw)
-    cbs: list[Callback] = [create_schedule(cfg.sched, **cfg.sched_kw)]
-    if first.stage == "tune":
-        cbs.append(FusedPruningCB([ctx.trial for ctx in ctxs]))
-    lr, wd, smoothing = (_shared_or_each([f(ctx.config) for ctx in ctxs]) for f in (_lr, _weight_decay, _smoothing))
-    per_member = [ctx.dls for ctx in ctxs]
-    learn = fused_learner(fused, per_member, seeds, lr, opt_func, cbs, weight_decay=wd, label_smoothing=smoothing)
+    cbs: list[Callback] = [FusedPruningCB([ctx.trial for ctx in ctxs])] if first.stage == "tune" else []
+    lrs = [_lr(ctx.config) for ctx in ctxs]
+    wd, smoothing = (_shared_or_each([f(ctx.config) for ctx in ctxs]) for f in (_weight_decay, _smoothing))
+    per_member, schedules = [ctx.dls for ctx in ctxs], [_schedule(ctx.config) for ctx in ctxs]
+    learn = fused_learner(
+        fused, per_member, seeds, lrs, _opt_func(cfg), cbs, weight_decay=wd, label_smoothing=smoothing,
+        schedules=schedules,
+    )  # fmt: skip
     t0 = time.perf_counter()
     learn.fit(first.epochs)
     return learn, time.perf_counter() - t0
@@ -100,6 +119,15 @@ def _train(ctxs: list[TrialContext], channels_last: bool) -> tuple[Learner, floa
 def _shared_or_each(values: list[float]) -> float | list[float]:
     """One value when all members share it (the optimizer's own: the fused step is one plain step), else a list."""
     return values[0] if len(set(values)) == 1 else values
+
+
+def _opt_func(cfg: TrainConfig) -> Callable[..., Optimizer]:
+    """The run's optimizer without its weight decay (`fused_learner` sets that: the optimizer's, or per member)."""
+    return partial(create_optimizer, cfg.opt, **{k: v for k, v in cfg.opt_kw.items() if k != "weight_decay"})
+
+
+def _schedule(cfg: TrainConfig) -> ScheduleCB:
+    return create_schedule(cfg.sched, **cfg.sched_kw)
 
 
 def _lr(cfg: TrainConfig) -> float:

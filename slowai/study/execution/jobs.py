@@ -14,7 +14,7 @@ from slowai.study.coordination.readback import confirm_key
 from slowai.study.coordination.studies import OptunaStudies
 from slowai.study.coordination.trials import hold_all
 from slowai.study.data import StudyData
-from slowai.study.execution.fused_trial import fusable_key, run_fused
+from slowai.study.execution.fused_trial import fusable_groups, run_fused
 from slowai.study.execution.trial import Outcome, TrialContext, TrialRunner
 from slowai.study.planning.plan import Plan
 from slowai.study.seeds import tune_seed
@@ -83,11 +83,8 @@ class JobRunner:
 
     def _train(self, ctxs: list[TrialContext], study: optuna.Study, bar: Any) -> list[Outcome]:
         """Train runs of one candidate and stage: those that fuse together as one model, any other alone."""
-        groups: dict[tuple, list[int]] = {}
-        for i, ctx in enumerate(ctxs):
-            groups.setdefault(fusable_key(ctx.config), []).append(i)
         outs: list[Any] = [None] * len(ctxs)
-        for idx in groups.values():
+        for idx in fusable_groups(ctxs):
             members = [ctxs[i] for i in idx]
             done = run_fused(self.trials, members, study) if len(idx) > 1 else [self.trials.run(members[0], study, bar)]
             for i, out in zip(idx, done):
