@@ -19,10 +19,11 @@ from slowai.data import from_tensors
 from slowai.study import Budget, Candidate, StudySpec, main
 from slowai.study.coordination import first_writer
 from slowai.study.coordination.storage import existing_names, open_storage
+from slowai.study.coordination.studies import epochs_trained
 from slowai.study.data import StudyData
 from slowai.study.planning import remembered, stored_plan
 from slowai.study.planning.budget import CPU_PRESETS, RESERVE_ROUNDS, choose_budget
-from slowai.study.planning.estimate import estimate, sizes_for
+from slowai.study.planning.estimate import PRUNED_SHARE, DataSizes, estimate, sizes_for, tune_share
 from slowai.study.planning.probe import EVAL_STEPS, MIN_PROBE_S, MIN_STEPS, PROBE_WARMUP, Throughput, probe
 from slowai.study.spec import optuna_name
 
@@ -162,6 +163,28 @@ def test_a_stored_plan_is_kept_like_a_resumed_study(tmp_path, capsys):
     assert "1 candidates × 5 trials × 1 epochs × 256 train" in capsys.readouterr().out
     assert main("residual_vs_plain", ["plain"], [*argv, "--epochs", "3"]) == 2
     assert "was planned with other settings: budget.confirm_epochs 1 → 3" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ the pruner's cut, learned
+def test_the_estimate_learns_how_much_the_pruner_cuts_from_the_studys_finished_tune_trials(tmp_path):
+    storage = open_storage(str(tmp_path / "optuna.journal"))
+    tune = optuna.create_study(study_name=optuna_name("learned", "plain", "tune"), storage=storage)
+    for epochs, state in [(10, TrialState.COMPLETE), (10, TrialState.COMPLETE), (1, TrialState.PRUNED)]:
+        values = {e: 0.5 for e in range(epochs)}
+        tune.add_trial(optuna.trial.create_trial(state=state, value=0.5 if epochs == 10 else None,
+                                                 intermediate_values=values))  # fmt: skip
+    tune.enqueue_trial({})  # waiting: not finished, so not counted
+    spec = StudySpec(name="learned", candidates=["plain", "residual"], dataset="digits", out=tmp_path)
+    trained = epochs_trained(spec, storage)
+    assert trained == {"plain": [10, 10, 1], "residual": []}
+    prior = 1 - PRUNED_SHARE * (1 - 1 / 10)
+    assert tune_share(10, "median", trained["residual"]) == pytest.approx(prior)  # nothing learned yet
+    assert tune_share(10, "median", trained["plain"]) == pytest.approx((2 * prior + 1 + 1 + 0.1) / 5)
+    assert tune_share(10, "none", trained["plain"]) == 1.0
+    b = Budget(trials=8, tune_epochs=10, tune_subset=256, seeds=2, confirm_epochs=1, confirm_subset=256, bs=64)
+    sizes, speed = DataSizes(256, 64, 256, 64, 100), {"plain": Throughput(1000.0, 4000.0)}
+    learned = estimate(b, sizes, speed, "median", trained={"plain": [10] * 20}).tune["plain"]
+    assert learned > estimate(b, sizes, speed, "median").tune["plain"]  # trials that all ran to the end cost more
 
 
 # ------------------------------------------------------------------------------------ first writer wins

@@ -141,3 +141,17 @@ def done_counts(spec: StudySpec, storage: Any, budget: Budget) -> dict[str, tupl
         finished = sum(t.state in trials.FINISHED for t in tune.get_trials(deepcopy=False))
         done[c.name] = (min(finished, budget.trials), sum(s in claimed for s in seeds))
     return done
+
+
+def epochs_trained(spec: StudySpec, storage: Any) -> dict[str, list[int]]:
+    """Epochs each finished tune trial trained (all of them, or until it was pruned) per candidate: what the estimate
+    learns the pruner's savings from."""
+    out: dict[str, list[int]] = {c.name: [] for c in spec.candidates}
+    if storage is None:
+        return out
+    for c in spec.candidates:
+        tune, _ = candidate_studies(storage, spec.name, c.name)
+        if tune is not None:
+            finished = (t for t in tune.get_trials(deepcopy=False) if t.state in trials.FINISHED)
+            out[c.name] = [len(t.intermediate_values) for t in finished if t.intermediate_values]
+    return out

@@ -11,6 +11,7 @@ from slowai.study.spec import Budget
 
 RUN_OVERHEAD_S = 1.0  # per trial outside training (build, W&B offline, storage): measured 0.4-1.0 s on the 2-core CPU
 PRUNED_SHARE = 0.4  # pruned tune trials, nearly all after their first epoch: 10 of 22 in the same two studies
+PRIOR_TRIALS = 2  # the prior share above counts as this many finished trials against the study's own
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,12 @@ def estimate(
     todo: dict[str, tuple[int, int]] | None = None,
     speedups: dict[str, tuple[float, float]] | None = None,
     fused: dict[str, float] | None = None,
+    trained: dict[str, list[int]] | None = None,
 ) -> Estimate:
     """Seconds for the work left: `todo[candidate] = (tune trials, confirm seeds)` still to run (all by default);
     `speedups[candidate] = (throughput factor, seconds paid once)` of its accelerations (compile: its cold cost);
-    `fused[candidate]`: the measured speed-up of its fused confirm seeds over eager runs (they skip the others)."""
+    `fused[candidate]`: the measured speed-up of its fused confirm seeds over eager runs (they skip the others);
+    `trained[candidate]`: epochs its finished tune trials trained, from which `tune_share` learns the pruner's cut."""
     est = Estimate()
     for name, eager in speed.items():
         factor, once = (speedups or {}).get(name, (1.0, 0.0))
@@ -67,12 +70,22 @@ def estimate(
         if (gain := (fused or {}).get(name, 1.0)) > 1.0:
             tp = Throughput(eager.train_ips * gain, eager.eval_ips * gain)
         conf_epoch = sizes.confirm_train / tp.train_ips + sizes.confirm_valid / tp.eval_ips
-        shrink = 1 - PRUNED_SHARE * (1 - 1 / budget.tune_epochs) if pruner != "none" else 1.0
+        shrink = tune_share(budget.tune_epochs, pruner, (trained or {}).get(name, []))
         est.tune[name] = n_tune * (budget.tune_epochs * tune_epoch * shrink + RUN_OVERHEAD_S) + (once if n_tune else 0)
         test_s = sizes.confirm_test / tp.eval_ips
         est.confirm[name] = n_conf * (budget.confirm_epochs * conf_epoch + test_s + RUN_OVERHEAD_S)
         est.confirm[name] += once if n_conf and not n_tune else 0
     return est
+
+
+def tune_share(epochs: int, pruner: str, trained: list[int]) -> float:
+    """Expected share of its epochs a tune trial trains: the prior (PRUNED_SHARE of trials stopped after one epoch)
+    as PRIOR_TRIALS trials, averaged with the study's finished ones,
+    share = (PRIOR_TRIALS · prior + Σ min(eᵢ, E) / E) / (PRIOR_TRIALS + n)."""
+    if pruner == "none":
+        return 1.0
+    prior = 1 - PRUNED_SHARE * (1 - 1 / epochs)
+    return (PRIOR_TRIALS * prior + sum(min(e, epochs) / epochs for e in trained)) / (PRIOR_TRIALS + len(trained))
 
 
 def confirm_run_seconds(

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 import torch
 
-from slowai.study.coordination.studies import done_counts
+from slowai.study.coordination.studies import done_counts, epochs_trained
 from slowai.study.data import StudyData
 from slowai.study.planning import budget as budgets
 from slowai.study.planning import fingerprint, fusion, remembered, speedups, stored_plan
@@ -100,7 +100,7 @@ class Planner:
         full = estimate(budget, sizes, speed, self.spec.pruner, None, ups).confirm
         fused = fusion.decide(self.spec, budget, full, self._shapes(budget), self.device, before, accel)
         gains = {k: f.speedup for k, f in fused.items()}
-        est = estimate(budget, sizes, speed, self.spec.pruner, todo, ups, gains)
+        est = estimate(budget, sizes, speed, self.spec.pruner, todo, ups, gains, epochs_trained(self.spec, storage))
         per_run = confirm_run_seconds(budget, sizes, speed, ups)
         return Plan(
             budget, sizes, speed, est, done, fits, self.time_budget_s, self.device, self.storage_url, accel, per_run,
