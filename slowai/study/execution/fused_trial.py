@@ -4,9 +4,9 @@ run, saved model and results row: a confirm round's seeds, or tune trials whose 
 Why: a small net's step is dispatch-bound, so one fused step of K members can cost far less than K steps (the plan
 measures it per candidate, `planning.fusion`). Member k is the unfused run it stands for: its seed's initialisation,
 its train/valid split, its batches and augmentations (`tests/test_fuse.py`, `tests/test_fused_study.py`), and in a
-tune batch its own lr, weight decay and label smoothing; a member the pruner stops stops counting while the others go
-on. What differs: a fused model trains channels-last when the plan chose it for the candidate but never compiled,
-and each member's seconds are the fused run's divided by K.
+tune batch its own lr, weight decay, label smoothing and lr schedule; a member the pruner stops stops counting while
+the others go on. What differs: a fused model trains channels-last when the plan chose it for the candidate but never
+compiled, and each member's seconds are the fused run's divided by K.
 """
 
 from __future__ import annotations

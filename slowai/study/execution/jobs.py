@@ -45,8 +45,9 @@ class JobRunner:
 
     def tune_one(self, cand: Candidate, bar: Any) -> str | None:
         """Pop and run queued tune slots: one, or while TPE still draws at random (its start-up draws need no results)
-        up to the plan's fused K, trained fused where their draws agree on everything but lr, weight decay and label
-        smoothing (`fused_trial.fusable_key`). Later draws stay one at a time: each learns from the ones before."""
+        up to the plan's fused K, trained fused where their draws agree on everything but lr, weight decay, label
+        smoothing and lr-only schedule values (`fused_trial.fusable_groups`). Later draws stay one at a time: each
+        learns from the ones before."""
         study = self.studies.study(cand.name, "tune")
         taken = sum(t.state != WAITING for t in study.get_trials(deepcopy=False))  # popped or finished, one read
         k = min(self.plan.fuse.get(cand.name, 1), max(1, self.studies.startup_trials - taken))
