@@ -2,6 +2,7 @@
 and results row, with the numbers of the unfused run of its seed."""
 
 import json
+import re
 
 import optuna
 import pytest
@@ -94,11 +95,20 @@ def plan_lines(argv, capsys):
 def test_the_plan_says_which_candidates_fuse_and_why_not(tmp_path, capsys):
     out = ["--out", str(tmp_path)]
     (line,) = plan_lines(["--fuse", "3", "--candidates", "plain", "densenet_tutorial", *out], capsys)
-    assert line.startswith("fused runs: plain 3 at once (--fuse 3) · densenet_tutorial off: ")
+    assert line.startswith("fused runs: plain 3 at once (--fuse 3") and " · densenet_tutorial off: " in line
     assert "cannot fuse" in line or "torch.cat" in line or "concatenat" in line, line
     (quick,) = plan_lines(["--quick", *out], capsys)  # auto: two seeds a round, too little work to measure
     assert quick.startswith("fused runs: off: too little confirm work to be worth measuring")
     assert plan_lines(["--fuse", "off", *out], capsys) == ["fused runs: off (--fuse off)"]
+
+
+@pytest.mark.slow
+def test_an_explicit_fuse_is_measured_where_the_confirm_work_is_worth_it_so_the_estimate_counts_it(tmp_path, capsys):
+    plan = ["--trials", "2", "--fuse", "8", "--out", str(tmp_path)]
+    (big,) = plan_lines([*plan, "--seeds", "8", "--epochs", "10"], capsys)
+    assert re.fullmatch(r"fused runs: 8 at once \(--fuse 8; 8 fused measured \d+\.\d× the seeds per second\)", big)
+    (small,) = plan_lines([*plan, "--seeds", "2", "--epochs", "1", "--subset", "256"], capsys)
+    assert small == "fused runs: 8 at once (--fuse 8)"  # two seeds of one epoch: not worth a measurement
 
 
 @pytest.mark.parametrize("bad", ["0", "x", "-2", "2.5"])

@@ -187,6 +187,14 @@ def test_the_estimate_learns_how_much_the_pruner_cuts_from_the_studys_finished_t
     assert learned > estimate(b, sizes, speed, "median").tune["plain"]  # trials that all ran to the end cost more
 
 
+def test_fused_confirm_runs_are_estimated_at_their_measured_speed_even_where_it_is_slower():
+    b = Budget(trials=2, tune_epochs=1, tune_subset=256, seeds=8, confirm_epochs=5, confirm_subset=256, bs=64)
+    sizes, speed = DataSizes(256, 64, 256, 64, 100), {"plain": Throughput(1000.0, 4000.0)}
+    runs = estimate(b, sizes, speed, "none").confirm["plain"]
+    assert estimate(b, sizes, speed, "none", fused={"plain": 2.0}).confirm["plain"] < runs
+    assert estimate(b, sizes, speed, "none", fused={"plain": 0.5}).confirm["plain"] > runs  # an explicit --fuse K
+
+
 # ------------------------------------------------------------------------------------ first writer wins
 def processes():
     """Separate OS processes forked from a server that imported slowai once: each starts in milliseconds, not in the

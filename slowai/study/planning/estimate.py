@@ -59,7 +59,8 @@ def estimate(
 ) -> Estimate:
     """Seconds for the work left: `todo[candidate] = (tune trials, confirm seeds)` still to run (all by default);
     `speedups[candidate] = (throughput factor, seconds paid once)` of its accelerations (compile: its cold cost);
-    `fused[candidate]`: the measured speed-up of its fused confirm seeds over eager runs (they skip the others);
+    `fused[candidate]`: the measured speed-up of its fused confirm seeds over eager runs (they skip the others; below
+    1 where an explicit `--fuse K` is slower);
     `trained[candidate]`: epochs its finished tune trials trained, from which `tune_share` learns the pruner's cut."""
     est = Estimate()
     for name, eager in speed.items():
@@ -67,7 +68,7 @@ def estimate(
         tp = Throughput(eager.train_ips * factor, eager.eval_ips * factor)
         n_tune, n_conf = todo[name] if todo is not None else (budget.trials, budget.seeds)
         tune_epoch = sizes.tune_train / tp.train_ips + sizes.tune_valid / tp.eval_ips
-        if (gain := (fused or {}).get(name, 1.0)) > 1.0:
+        if (gain := (fused or {}).get(name, 1.0)) != 1.0:  # below 1: an explicit --fuse K slower than K runs
             tp = Throughput(eager.train_ips * gain, eager.eval_ips * gain)
         conf_epoch = sizes.confirm_train / tp.train_ips + sizes.confirm_valid / tp.eval_ips
         shrink = tune_share(budget.tune_epochs, pruner, (trained or {}).get(name, []))

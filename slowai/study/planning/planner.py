@@ -99,13 +99,20 @@ class Planner:
         ups = speedups.speedups(self.spec, accel, self.device)
         full = estimate(budget, sizes, speed, self.spec.pruner, None, ups).confirm
         fused = fusion.decide(self.spec, budget, full, self._shapes(budget), self.device, before, accel)
-        gains = {k: f.speedup for k, f in fused.items()}
+        gains = self._fused_gains(fused, accel)
         est = estimate(budget, sizes, speed, self.spec.pruner, todo, ups, gains, epochs_trained(self.spec, storage))
         per_run = confirm_run_seconds(budget, sizes, speed, ups)
         return Plan(
             budget, sizes, speed, est, done, fits, self.time_budget_s, self.device, self.storage_url, accel, per_run,
             fps, source, record, fused,
         )  # fmt: skip
+
+    def _fused_gains(self, fused: dict[str, fusion.Fusion], accel: dict[str, list[str]]) -> dict[str, float]:
+        """Fused confirm throughput over eager runs: the measured ratio (fused vs runs, both channels-last where
+        chosen) times channels-last's own gain; a fused model is never compiled."""
+        no_compile = {k: [n for n in v if n != "compile"] for k, v in accel.items()}
+        layout = speedups.speedups(self.spec, no_compile, self.device)
+        return {k: f.speedup * layout.get(k, (1.0, 0.0))[0] for k, f in fused.items() if f.k > 1}
 
     def _shapes(self, budget: Budget) -> dict[str, tuple[tuple[int, ...], int, int]]:
         """(input shape, classes, batch size) of each candidate's confirm runs, for measuring fusion (on a CPU at
