@@ -105,7 +105,7 @@ def test_the_plan_says_which_candidates_fuse_and_why_not(tmp_path, capsys):
 @pytest.mark.slow
 def test_an_explicit_fuse_is_measured_where_the_confirm_work_is_worth_it_so_the_estimate_counts_it(tmp_path, capsys):
     plan = ["--trials", "2", "--fuse", "8", "--out", str(tmp_path)]
-    (big,) = plan_lines([*plan, "--seeds", "8", "--epochs", "10"], capsys)
+    (big,) = plan_lines([*plan, "--seeds", "8", "--epochs", "40"], capsys)
     assert re.fullmatch(r"fused runs: 8 at once \(--fuse 8; 8 fused measured \d+\.\d× the seeds per second\)", big)
     (small,) = plan_lines([*plan, "--seeds", "2", "--epochs", "1", "--subset", "256"], capsys)
     assert small == "fused runs: 8 at once (--fuse 8)"  # two seeds of one epoch: not worth a measurement
