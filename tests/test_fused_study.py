@@ -6,11 +6,13 @@ import re
 
 import optuna
 import pytest
+import torch
 
 import slowai
 from slowai.study import Budget, StudySpec, main, read_offline_run, run_study
 from slowai.study.coordination.storage import open_storage
 from slowai.study.execution.tracking import offline_runs
+from slowai.study.planning import fusion
 from slowai.study.spec import optuna_name
 
 CANDS = ["conv", "plain"]
@@ -102,13 +104,18 @@ def test_the_plan_says_which_candidates_fuse_and_why_not(tmp_path, capsys):
     assert plan_lines(["--fuse", "off", *out], capsys) == ["fused runs: off (--fuse off)"]
 
 
-@pytest.mark.slow
-def test_an_explicit_fuse_is_measured_where_the_confirm_work_is_worth_it_so_the_estimate_counts_it(tmp_path, capsys):
-    plan = ["--trials", "2", "--fuse", "8", "--out", str(tmp_path)]
-    (big,) = plan_lines([*plan, "--seeds", "8", "--epochs", "40"], capsys)
-    assert re.fullmatch(r"fused runs: 8 at once \(--fuse 8; 8 fused measured \d+\.\d× the seeds per second\)", big)
-    (small,) = plan_lines([*plan, "--seeds", "2", "--epochs", "1", "--subset", "256"], capsys)
-    assert small == "fused runs: 8 at once (--fuse 8)"  # two seeds of one epoch: not worth a measurement
+def test_an_explicit_fuse_is_measured_where_the_confirm_work_is_worth_it_so_the_estimate_counts_it():
+    spec = StudySpec(name="explicit", candidates=["plain"], dataset="digits", fuse=8)
+    budget = Budget(trials=2, tune_epochs=1, tune_subset=256, seeds=8, confirm_epochs=1, confirm_subset=256, bs=64)
+    shapes, cpu = {"plain": ((1, 8, 8), 10, 64)}, torch.device("cpu")
+
+    def decided(confirm_s):
+        return fusion.decide(spec, budget, {"plain": confirm_s}, shapes, cpu, {}, {"plain": []})["plain"]
+
+    big = decided(fusion.EXPLICIT_MIN_S)
+    assert big.k == 8 and big.speedup != 1.0
+    assert re.fullmatch(r"8 at once \(--fuse 8; 8 fused measured \d+\.\d× the seeds per second\)", big.why)
+    assert decided(fusion.EXPLICIT_MIN_S - 1) == fusion.Fusion(8, "8 at once (--fuse 8)")  # not worth measuring
 
 
 @pytest.mark.parametrize("bad", ["0", "x", "-2", "2.5"])
