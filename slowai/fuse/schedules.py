@@ -109,8 +109,6 @@ class MemberSchedulesCB(Callback):
         peak = max(lrs)
         for group in self.learn.opt.param_groups:
             group.update({k: v for k, v in _others(self.opts[0]).items() if k in self.moved}, lr=peak)
-        weight = next(self.learn.model.parameters())
-        same = len(set(lrs)) == 1
-        self.train.lr_mult = None if same else torch.tensor([v / peak for v in lrs], dtype=weight.dtype)
-        if self.train.lr_mult is not None:
-            self.train.lr_mult = self.train.lr_mult.to(weight.device, non_blocking=True)
+        w = next(self.learn.model.parameters())
+        mult = None if len(set(lrs)) == 1 else [v / peak for v in lrs]  # one lr: the plain shared step
+        self.train.lr_mult = None if mult is None else torch.tensor(mult, dtype=w.dtype).to(w.device, non_blocking=True)

@@ -41,8 +41,7 @@ def fusable_key(cfg: TrainConfig) -> tuple:
     """Runs with equal keys may fuse: same model, data, batch size and optimizer; lr, weight decay, label smoothing
     and schedule values are each member's own (exact: elementwise optimizers, `slowai.fuse.schedules`), as long as
     their schedules move nothing but the lr differently (`fusable_groups` checks)."""
-    opt_kw = {k: v for k, v in cfg.opt_kw.items() if k != "weight_decay"}
-    return (cfg.opt, repr(sorted(opt_kw.items())), repr(sorted(cfg.model_kw.items())),
+    return (cfg.opt, repr(sorted(_opt_kw(cfg).items())), repr(sorted(cfg.model_kw.items())),
             repr(sorted(cfg.data_kw.items())), cfg.bs)  # fmt: skip
 
 
@@ -54,11 +53,11 @@ def fusable_groups(ctxs: list[TrialContext]) -> list[list[int]]:
     traces: dict[tuple, tuple] = {}
     for i, ctx in enumerate(ctxs):
         cfg, total = ctx.config, ctx.epochs * len(ctx.dls.train)
-        sched = (cfg.sched, repr(sorted(cfg.sched_kw.items())), cfg.lr, total)
-        if (fusable_key(cfg), sched) not in traces:  # confirm seeds share one: simulate it once
+        key = (fusable_key(cfg), cfg.sched, repr(sorted(cfg.sched_kw.items())), cfg.lr, total)
+        if key not in traces:  # confirm seeds share one: simulate it once
             opt_func = partial(_opt_func(cfg), weight_decay=0.0)
-            traces[fusable_key(cfg), sched] = schedule_trace(_schedule(cfg), opt_func, float(cfg.lr), total)
-        groups.setdefault((fusable_key(cfg), traces[fusable_key(cfg), sched]), []).append(i)
+            traces[key] = schedule_trace(_schedule(cfg), opt_func, float(cfg.lr), total)
+        groups.setdefault((key[0], traces[key]), []).append(i)
     return list(groups.values())
 
 
@@ -123,7 +122,12 @@ def _shared_or_each(values: list[float]) -> float | list[float]:
 
 def _opt_func(cfg: TrainConfig) -> Callable[..., Optimizer]:
     """The run's optimizer without its weight decay (`fused_learner` sets that: the optimizer's, or per member)."""
-    return partial(create_optimizer, cfg.opt, **{k: v for k, v in cfg.opt_kw.items() if k != "weight_decay"})
+    return partial(create_optimizer, cfg.opt, **_opt_kw(cfg))
+
+
+def _opt_kw(cfg: TrainConfig) -> dict[str, Any]:
+    """The optimizer's settings but its weight decay, which fused members may each have their own of."""
+    return {k: v for k, v in cfg.opt_kw.items() if k != "weight_decay"}
 
 
 def _schedule(cfg: TrainConfig) -> ScheduleCB:
