@@ -144,10 +144,10 @@ def varied_space(trial):
     }
 
 
-def tune_trials(fuse, out):
+def tune_trials(fuse, out, wandb="disabled"):
     spec = StudySpec(
         name="tunefused", candidates=["plain"], dataset="digits", out=out, progress=False, space=varied_space,
-        fuse=fuse, channels_last=False, compile=False, pruner="none", wandb="disabled",
+        fuse=fuse, channels_last=False, compile=False, pruner="none", wandb=wandb,
     )  # fmt: skip
     # two trials: both are TPE's random start-up draws, the same whether drawn one after the other or together (a
     # fused batch past the start-up is drawn like K parallel workers': without each other's results)
@@ -160,8 +160,17 @@ def tune_trials(fuse, out):
 
 
 @pytest.mark.slow
-def test_tune_trials_that_keep_the_shapes_train_fused_each_with_its_own_lr_decay_smoothing_and_warm_up(tmp_path):
-    alone, together = tune_trials("off", tmp_path / "off"), tune_trials(2, tmp_path / "fused")
+def test_tune_trials_that_keep_the_shapes_train_fused_each_with_its_own_lr_decay_smoothing_and_warm_up(
+    tmp_path, monkeypatch
+):
+    for k, v in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "home")}.items():
+        monkeypatch.setenv(k, v)
+    alone, together = tune_trials("off", tmp_path / "off"), tune_trials(2, tmp_path / "fused", wandb="offline")
+    for run in (read_offline_run(d) for d in offline_runs(tmp_path / "fused" / "wandb")):
+        if run["job_type"] == "tune":  # every epoch in each member's run, the model summary table too
+            assert [h["_step"] for h in run["history"] if "valid/accuracy" in h] == [0, 1]
+    assert sum(any(k.startswith("model_summary") for h in r["history"] for k in h) for r in map(
+        read_offline_run, offline_runs(tmp_path / "fused" / "wandb"))) == 1  # fmt: skip
     assert [t.user_attrs.get("fused") for t in together] == [2, 2] and len({t.params["lr"] for t in together}) == 2
     assert len({t.params["sched.warmup"] for t in together}) == 2
     for a, b in zip(alone, together):

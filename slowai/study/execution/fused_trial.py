@@ -74,10 +74,13 @@ def run_fused(trials: TrialRunner, ctxs: list[TrialContext], study: optuna.Study
             run.finish(1)
         raise
     name = ctxs[0].candidate.name
-    if runs[0].id is not None and name not in trials.logged_tables:
-        runs[0].table("model_summary", summary.columns, summary.data)
+    table = summary if runs[0].id is not None and name not in trials.logged_tables else None  # member 0's run
+    if table is not None:
         trials.logged_tables.add(name)
-    return [_finish(trials, study, ctx, run, learn, k, wall) for k, (ctx, run) in enumerate(zip(ctxs, runs))]
+    return [
+        _finish(trials, study, ctx, run, learn, k, wall, table if k == 0 else None)
+        for k, (ctx, run) in enumerate(zip(ctxs, runs))
+    ]
 
 
 def _start(trials: TrialRunner, ctx: TrialContext, summary: Summary, k: int, channels_last: bool) -> TrackedRun:
@@ -181,7 +184,14 @@ class FusedPruningCB(Callback):
 
 
 def _finish(
-    trials: TrialRunner, study: optuna.Study, ctx: TrialContext, run: TrackedRun, learn: Learner, k: int, wall: float
+    trials: TrialRunner,
+    study: optuna.Study,
+    ctx: TrialContext,
+    run: TrackedRun,
+    learn: Learner,
+    k: int,
+    wall: float,
+    table: Summary | None,
 ) -> Outcome:
     """Member k as its own run: history, test accuracy (confirm), saved weights, W&B rows, its Optuna trial told."""
     model, n = learn.model.member(k), learn.model.k
@@ -195,6 +205,8 @@ def _finish(
     out = Outcome(history_rows(rows), sum(train_s) / max(len(train_s), 1) / n, wall / n, test, state, why, n)
     for row in out.history:
         run.log({key.replace("_", "/", 1): v for key, v in row.items() if key != "epoch"}, step=row["epoch"])
+    if table is not None:  # after the epochs: logged first, it would take step 0 and W&B would drop epoch 0
+        run.table("model_summary", table.columns, table.data)
     if ctx.stage == "confirm" and state == "complete":
         artifacts.save_model(study, ctx.trial, model, ctx, run, trials.out)
     try:
