@@ -6,7 +6,7 @@ import multiprocessing
 import os
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import optuna
@@ -23,7 +23,8 @@ from slowai.study.coordination.studies import epochs_trained
 from slowai.study.data import StudyData
 from slowai.study.planning import remembered, stored_plan
 from slowai.study.planning.budget import CPU_PRESETS, RESERVE_ROUNDS, choose_budget
-from slowai.study.planning.estimate import PRUNED_SHARE, DataSizes, estimate, sizes_for, tune_share
+from slowai.study.planning.estimate import PRUNED_SHARE, DataSizes, estimate, tune_share
+from slowai.study.planning.planner import Planner
 from slowai.study.planning.probe import EVAL_STEPS, MIN_PROBE_S, MIN_STEPS, PROBE_WARMUP, Throughput, probe
 from slowai.study.spec import optuna_name
 
@@ -80,7 +81,7 @@ TARGET = 1000.0
 
 def choose(seconds_by_trials, previous=None):
     """The chosen preset's trials, for estimates given as fractions of the target."""
-    b, _ = choose_budget(PRESETS, lambda b: TARGET * seconds_by_trials[b.trials], TARGET, None, previous)
+    b, _ = choose_budget(PRESETS, lambda b: (TARGET * seconds_by_trials[b.trials], 0.0), TARGET, None, previous)
     return b.trials
 
 
@@ -127,16 +128,17 @@ def test_plan_only_with_a_new_journal_path_leaves_no_file(tmp_path):
     assert not journal.exists() and not journal.parent.exists()
 
 
+def biggest_preset_s(spec, ips, **budget):
+    """The planner's estimate of the biggest CPU preset with its two reserve rounds, at `ips` img/s."""
+    planner = Planner(spec, StudyData(spec, torch.device("cpu")), torch.device("cpu"), "memory")
+    first, round_s = planner.preset_seconds(CPU_PRESETS[0].with_(**budget), {"plain": Throughput(ips, ips)})
+    return first + RESERVE_ROUNDS * round_s
+
+
 def test_two_plan_only_runs_on_one_machine_print_the_same_plan(tmp_path, monkeypatch, capsys):
     """The second probe measures 5% slower, which on its own would tip the biggest preset over the target."""
-    spec = StudySpec(name="same", candidates=["plain"], dataset="digits")
-    sizes = StudyData(spec, torch.device("cpu")).sizes
-
-    def biggest_s(ips):  # the planner's estimate of the biggest preset, with its two reserve rounds
-        b = CPU_PRESETS[0].with_(seeds=3 + RESERVE_ROUNDS)
-        return estimate(b, sizes_for(b, sizes), {"plain": Throughput(ips, ips)}, "median")
-
-    target_min = biggest_s(20.0).total * 1.03 / 60
+    spec = StudySpec(name="same", candidates=["plain"], dataset="digits", fuse="off")
+    target_min = biggest_preset_s(spec, 20.0) * 1.03 / 60
     measured = iter([20.0, 19.0])
 
     def probe(*args, **kw):
@@ -147,10 +149,23 @@ def test_two_plan_only_runs_on_one_machine_print_the_same_plan(tmp_path, monkeyp
     argv = [*DIGITS, "--plan-only", "--study-name", "same", "--time-budget", str(target_min), "--out", str(tmp_path)]
     plans = []
     for _ in range(2):
-        assert main("residual_vs_plain", ["plain"], argv) == 0
+        assert main("residual_vs_plain", ["plain"], [*argv, "--fuse", "off"]) == 0
         lines = capsys.readouterr().out.splitlines()
         plans.append([line for line in lines if line.lstrip().startswith(("tune:", "confirm:"))])
-    assert plans[0] == plans[1] and "8 trials" in plans[0][0]
+    assert plans[0] == plans[1] and f"{CPU_PRESETS[0].trials} trials" in plans[0][0]
+
+
+def test_presets_are_judged_with_the_speed_ups_the_study_will_get(tmp_path, monkeypatch, capsys):
+    """A target 5% over the biggest preset's channels-last estimate, which its eager estimate exceeds by 19%."""
+    monkeypatch.setattr("slowai.study.planning.planner.probe", lambda *a, **kw: Throughput(20.0, 20.0))
+    spec = StudySpec(name="fast", candidates=["plain"], dataset="digits", fuse="off", channels_last=True)
+    faster, eager = biggest_preset_s(spec, 20.0), biggest_preset_s(replace(spec, channels_last=False), 20.0)
+    assert faster < eager / 1.2  # plain's measured channels-last gain on the 2-core CPU is 1.25x
+    minutes = str(faster * 1.05 / 60)
+    for flag, trials in (("--channels-last", CPU_PRESETS[0].trials), ("--no-channels-last", CPU_PRESETS[1].trials)):
+        argv = [*DIGITS, "--plan-only", "--fuse", "off", "--time-budget", minutes, flag, "--out", str(tmp_path)]
+        assert main("residual_vs_plain", ["plain"], argv) == 0
+        assert f"1 candidates × {trials} trials" in capsys.readouterr().out
 
 
 def test_a_stored_plan_is_kept_like_a_resumed_study(tmp_path, capsys):

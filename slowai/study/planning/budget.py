@@ -13,8 +13,10 @@ from dataclasses import replace
 
 from slowai.study.spec import Budget
 
-# Biggest first. CPU presets keep a 60-minute default possible on two cores; GPU presets are tried first on CUDA.
+# Biggest first, judged with the speed-ups and fused seeds each gets. CPU presets keep a 60-minute default possible
+# on two cores (the second is the 2-core CPU's default study); GPU presets are tried first on CUDA.
 CPU_PRESETS = (
+    Budget(trials=10, tune_epochs=3, tune_subset=20_000, seeds=3, confirm_epochs=5, confirm_subset=None),
     Budget(trials=8, tune_epochs=2, tune_subset=10_000, seeds=3, confirm_epochs=3, confirm_subset=None),
     Budget(trials=6, tune_epochs=2, tune_subset=10_000, seeds=3, confirm_epochs=3, confirm_subset=None),
     Budget(trials=6, tune_epochs=2, tune_subset=5_000, seeds=3, confirm_epochs=2, confirm_subset=20_000),
@@ -36,40 +38,45 @@ HYSTERESIS = 0.10
 
 def choose_budget(
     presets: tuple[Budget, ...],
-    seconds: Callable[[Budget], float],
+    seconds: Callable[[Budget], tuple[float, float]],
     target_s: float,
     max_seeds: int | None = None,
     previous: Budget | None = None,
 ) -> tuple[Budget, bool]:
     """The first preset whose estimated seconds fit `target_s` (else the smallest one), then its sequential seeds.
 
-    With `max_seeds` above a preset's seeds the study is sequential: the preset must leave room for
-    `RESERVE_ROUNDS` extra rounds, and its last look is the most seeds (≤ max_seeds) whose full run still fits.
+    `seconds(preset)` is (its first look, one more round), so n seeds take first + (n − seeds) · round. With
+    `max_seeds` above a preset's seeds the study is sequential: the preset must leave room for `RESERVE_ROUNDS`
+    extra rounds, and its last look is the most seeds (≤ max_seeds) whose full run still fits.
     `previous` (this question's last answer on this machine) is kept within the `HYSTERESIS` band."""
-    cap = max_seeds or 0
+    cap, timed = max_seeds or 0, [seconds(b) for b in presets]
 
-    def with_rounds(b: Budget) -> float:
-        return seconds(b.with_(seeds=max(b.seeds, min(b.seeds + RESERVE_ROUNDS, cap))))
+    def with_seeds(i: int, n: int) -> float:
+        first, round_s = timed[i]
+        return first + max(n - presets[i].seeds, 0) * round_s
+
+    def with_rounds(i: int) -> float:
+        return with_seeds(i, max(presets[i].seeds, min(presets[i].seeds + RESERVE_ROUNDS, cap)))
 
     def first_fit(limit: float) -> int | None:
-        return next((i for i, b in enumerate(presets) if with_rounds(b) <= limit), None)
+        return next((i for i in range(len(presets)) if with_rounds(i) <= limit), None)
 
-    def last_look(b: Budget, limit: float) -> int:
-        n = b.seeds
-        while n < cap and seconds(b.with_(seeds=n + 1)) <= limit:
+    def last_look(i: int, limit: float) -> int:
+        n = presets[i].seeds
+        while n < cap and with_seeds(i, n + 1) <= limit:
             n += 1
         return n
 
     fit = first_fit(target_s)
     i, fits = (fit, True) if fit is not None else (len(presets) - 1, False)
     before = _index_of(presets, previous)
-    if before is not None and with_rounds(presets[before]) <= target_s * (1 + HYSTERESIS):
+    if before is not None and with_rounds(before) <= target_s * (1 + HYSTERESIS):
         bigger = first_fit(target_s * (1 - HYSTERESIS))
         i, fits = (bigger if bigger is not None and bigger < before else before), True
     chosen = presets[i]
-    last = last_look(chosen, target_s)
+    last = last_look(i, target_s)
     if previous is not None and i == before:  # the same preset as before: its last look is kept within the band too
-        lo, hi = last_look(chosen, target_s * (1 - HYSTERESIS)), last_look(chosen, target_s * (1 + HYSTERESIS))
+        lo, hi = last_look(i, target_s * (1 - HYSTERESIS)), last_look(i, target_s * (1 + HYSTERESIS))
         last = previous.last_seeds if lo <= previous.last_seeds <= hi else last
     return (chosen.with_(max_seeds=last) if last > chosen.seeds else chosen), fits
 

@@ -42,14 +42,19 @@ def decide(
     device: torch.device,
     stored: dict[str, dict[str, Any]],
     accel: dict[str, list[str]],
+    measured: dict[tuple, float] | None = None,
 ) -> dict[str, Fusion]:
     """Each candidate's fusion under the study's fuse setting; `confirm_s`: its estimated confirm seconds; `shapes`:
-    (input shape, classes, batch size) of its confirm runs; `accel`: its speed-ups (fused runs keep channels-last)."""
+    (input shape, classes, batch size) of its confirm runs; `accel`: its speed-ups (fused runs keep channels-last);
+    `measured`: speed-ups measured before (kept there too), so a planner weighing several presets measures once."""
     before = next((a["fuse"] for a in stored.values() if isinstance(a.get("fuse"), dict)), {})
-    return {
-        c.name: _one(spec, c, budget, confirm_s.get(c.name, 0.0), shapes[c.name], device, before, accel.get(c.name, []))
-        for c in spec.candidates
-    }
+    memo = {} if measured is None else measured
+
+    def one(c: Candidate) -> Fusion:
+        how = (shapes[c.name], device, accel.get(c.name, []), memo)
+        return _one(spec, c, budget, confirm_s.get(c.name, 0.0), before, *how)
+
+    return {c.name: one(c) for c in spec.candidates}
 
 
 def _one(
@@ -57,10 +62,11 @@ def _one(
     cand: Candidate,
     budget: Budget,
     confirm_s: float,
+    before: dict[str, int],
     shape: tuple[tuple[int, ...], int, int],
     device: torch.device,
-    before: dict[str, int],
     accel: list[str],
+    memo: dict[tuple, float],
 ) -> Fusion:
     if spec.fuse == "off":
         return Fusion(1, "off (--fuse off)")
@@ -69,7 +75,7 @@ def _one(
     if (why := _cannot_fuse(cand, shape)) is not None:
         return Fusion(1, f"off: {why}")
     if spec.fuse != "auto":
-        return _explicit(cand, int(spec.fuse), budget, confirm_s, shape, device, accel)
+        return _explicit(cand, int(spec.fuse), budget, confirm_s, shape, device, accel, memo)
     if cand.name in before:
         k = int(before[cand.name])
         return Fusion(k, (f"{k} at once" if k > 1 else "off") + " (as the study first planned)")
@@ -78,7 +84,7 @@ def _one(
         return Fusion(1, "off: one seed a round")
     if confirm_s < MIN_CONFIRM_S:
         return Fusion(1, f"off: too little confirm work to be worth measuring ({confirm_s:.0f} s)")
-    speedup = _measure(cand, k, shape, device, accel)
+    speedup = _measure(cand, k, shape, device, accel, memo)
     if speedup < MIN_SPEEDUP:
         return Fusion(1, f"off: {k} fused measured {speedup:.1f}× the seeds per second of {k} runs here")
     return Fusion(k, f"{k} at once ({speedup:.1f}× the seeds per second, measured)", speedup)
@@ -92,23 +98,32 @@ def _explicit(
     shape: tuple[tuple[int, ...], int, int],
     device: torch.device,
     accel: list[str],
+    memo: dict[tuple, float],
 ) -> Fusion:
     """`--fuse K` as asked; measured too where the confirm work is worth it, so the estimate counts its gain (or
     its loss: K is fused even where it is slower)."""
     n = min(k, budget.seeds)
     if n < 2 or confirm_s < EXPLICIT_MIN_S:
         return Fusion(k, f"{k} at once (--fuse {k})")
-    speedup = _measure(cand, n, shape, device, accel)
+    speedup = _measure(cand, n, shape, device, accel, memo)
     return Fusion(k, f"{k} at once (--fuse {k}; {n} fused measured {speedup:.1f}× the seeds per second)", speedup)
 
 
 def _measure(
-    cand: Candidate, k: int, shape: tuple[tuple[int, ...], int, int], device: torch.device, accel: list[str]
+    cand: Candidate,
+    k: int,
+    shape: tuple[tuple[int, ...], int, int],
+    device: torch.device,
+    accel: list[str],
+    memo: dict[tuple, float],
 ) -> float:
     """Seeds per second of K fused runs over K runs, on the candidate's confirm shapes (its default model)."""
     make, cl = _factory(cand, shape), "channels_last" in accel
-    timing = measure_fusion(make, k, shape[0], shape[2], **PROBE, n_classes=shape[1], device=device, channels_last=cl)
-    return timing.speedup
+    key = (cand.name, k, shape, str(device), cl)
+    if key not in memo:
+        kw = {**PROBE, "n_classes": shape[1], "device": device, "channels_last": cl}
+        memo[key] = measure_fusion(make, k, shape[0], shape[2], **kw).speedup
+    return memo[key]
 
 
 def _factory(cand: Candidate, shape: tuple[tuple[int, ...], int, int]) -> Callable[[], torch.nn.Module]:

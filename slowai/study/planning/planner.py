@@ -4,6 +4,7 @@ first (`stored_plan`)."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -16,7 +17,7 @@ from slowai.study.coordination.studies import done_counts, epochs_trained
 from slowai.study.data import StudyData
 from slowai.study.planning import budget as budgets
 from slowai.study.planning import fingerprint, fusion, remembered, speedups, stored_plan
-from slowai.study.planning.estimate import confirm_run_seconds, estimate, sizes_for
+from slowai.study.planning.estimate import DataSizes, Estimate, confirm_run_seconds, estimate, sizes_for
 from slowai.study.planning.plan import Plan
 from slowai.study.planning.probe import CPU_PROBE_BS, MIN_PROBE_S, Throughput, probe
 from slowai.study.space import check_config, dry_draws, route
@@ -42,6 +43,7 @@ class Planner:
     probe_always: bool = True  # False in a `--workers` child: the parent printed the plan, skip the probe if it can
     log: Callable[[str], None] = print
     _draws: dict[str, list[optuna.Trial]] = field(default_factory=dict, init=False, repr=False)
+    _measured: dict[tuple, float] = field(default_factory=dict, init=False, repr=False)  # fusion, measured once
 
     def plan(self, storage: Any) -> Plan:
         """Validate, probe, and choose the budget or read the stored one (from `storage`, None for a new study)."""
@@ -93,19 +95,39 @@ class Planner:
         self._check_spaces(budget, draws)
         sizes = sizes_for(budget, self.data.sizes)
         before = stored or ({"plan": {"accel": record.accel, "fuse": record.fuse}} if record else {})
-        accel = speedups.decide(self.spec, budget, sizes, speed, self.device, before, self.log)
         done = done_counts(self.spec, storage, budget)
         todo = {k: (max(budget.trials - t, 0), max(budget.seeds - c, 0)) for k, (t, c) in done.items()}
-        ups = speedups.speedups(self.spec, accel, self.device)
-        full = estimate(budget, sizes, speed, self.spec.pruner, None, ups).confirm
-        fused = fusion.decide(self.spec, budget, full, self._shapes(budget), self.device, before, accel)
-        gains = self._fused_gains(fused, accel)
-        est = estimate(budget, sizes, speed, self.spec.pruner, todo, ups, gains, epochs_trained(self.spec, storage))
-        per_run = confirm_run_seconds(budget, sizes, speed, ups)
+        accel, fused, est, per_run = self._work(budget, sizes, speed, before, todo, epochs_trained(self.spec, storage))
         return Plan(
             budget, sizes, speed, est, done, fits, self.time_budget_s, self.device, self.storage_url, accel, per_run,
             fps, source, record, fused,
         )  # fmt: skip
+
+    def preset_seconds(self, budget: Budget, speed: dict[str, Throughput]) -> tuple[float, float]:
+        """(first look, one more round) of a new study under `budget`, with the speed-ups and fused seeds it would
+        get here: what the plan would print, so a preset is judged by the time it will take, not its eager time."""
+        _, _, est, per_run = self._work(budget, sizes_for(budget, self.data.sizes), speed, {}, log=lambda _: None)
+        return est.total, sum(per_run.values())
+
+    def _work(
+        self,
+        budget: Budget,
+        sizes: DataSizes,
+        speed: dict[str, Throughput],
+        before: dict[str, dict[str, Any]],
+        todo: dict[str, tuple[int, int]] | None = None,
+        trained: dict[str, list[int]] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> tuple[dict[str, list[str]], dict[str, fusion.Fusion], Estimate, dict[str, float]]:
+        """What `budget` gets here: each candidate's speed-ups and fusion, the estimate of the work left with them,
+        and one confirm run's seconds (what a sequential round adds)."""
+        accel = speedups.decide(self.spec, budget, sizes, speed, self.device, before, log or self.log)
+        ups = speedups.speedups(self.spec, accel, self.device)
+        full = estimate(budget, sizes, speed, self.spec.pruner, None, ups).confirm
+        shapes = self._shapes(budget)
+        fused = fusion.decide(self.spec, budget, full, shapes, self.device, before, accel, self._measured)
+        est = estimate(budget, sizes, speed, self.spec.pruner, todo, ups, self._fused_gains(fused, accel), trained)
+        return accel, fused, est, confirm_run_seconds(budget, sizes, speed, ups)
 
     def _fused_gains(self, fused: dict[str, fusion.Fusion], accel: dict[str, list[str]]) -> dict[str, float]:
         """Fused confirm throughput over eager runs: the measured ratio (fused vs runs, both channels-last where
@@ -170,9 +192,6 @@ class Planner:
         machine = {"device": self.device.type, "threads": torch.get_num_threads(), "data": self.data.fingerprint()}
         speed = remembered.smoothed(remembered.question_key(probe=described, **machine), speed)
 
-        def seconds(b: Budget) -> float:
-            return estimate(b, sizes_for(b, self.data.sizes), speed, self.spec.pruner).total
-
         key = remembered.question_key(
             study=self.spec.name,
             candidates=described,
@@ -180,9 +199,11 @@ class Planner:
             target=target,
             overrides=self.overrides,
             pruner=self.spec.pruner,
+            speedups={k: str(getattr(self.spec, k)) for k in ("amp", "channels_last", "compile", "fuse")},
             presets=[asdict(p) for p in presets],
         )
         cap = self.overrides.get("max_seeds", budgets.MAX_SEEDS)
+        seconds = functools.partial(self.preset_seconds, speed=speed)
         chosen, fits = budgets.choose_budget(presets, seconds, target, cap, remembered.previous(key))
         remembered.remember(key, chosen)
         return chosen, "chosen", fits, speed
