@@ -124,24 +124,32 @@ def fit_with_schedule(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, dl: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_func: Callable = F.cross_entropy
-) -> dict[str, float]:
-    """Mean loss and accuracy of `model` over `dl` in eval mode; sums stay on the device until the end."""
+    model: nn.Module,
+    dl: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_func: Callable = F.cross_entropy,
+    per_item: bool = False,
+) -> dict[str, Any]:
+    """Mean loss and accuracy of `model` over `dl` in eval mode; sums stay on the device until the end. With
+    `per_item`, also "correct": which items it got right (a bool tensor on the CPU), from the same pass."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    right: list[torch.Tensor] = []
     n = 0
     try:
         for xb, yb in dl:
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             preds = model(xb)
             loss_sum += loss_func(preds, yb, reduction="sum")
-            correct += (preds.argmax(1) == yb).sum()
+            hit = preds.argmax(1) == yb
+            correct += hit.sum()
+            right += [hit] if per_item else []
             n += len(yb)
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("evaluate got an empty loader")
-    return {"loss": loss_sum.item() / n, "accuracy": correct.item() / n}
+    out: dict[str, Any] = {"loss": loss_sum.item() / n, "accuracy": correct.item() / n}
+    return out | ({"correct": torch.cat(right).cpu()} if per_item else {})

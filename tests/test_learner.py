@@ -193,6 +193,19 @@ def test_metrics_match_an_independent_evaluation():
     assert metrics.valid_history[-1]["accuracy"] > 0.9  # separable blobs
 
 
+def test_evaluate_says_which_items_it_got_right_in_the_same_pass():
+    set_seed(0)
+    dls = toy_dls()
+    model = Learner(toy_model(), dls, lr=1e-3, cbs=[MetricsCB()]).fit(1).model  # barely trained: some wrong
+    scores = evaluate(model, dls.valid, per_item=True)
+    with torch.no_grad():
+        model.eval()
+        expected = torch.cat([model(xb).argmax(1) == yb for xb, yb in dls.valid])
+    assert scores["correct"].dtype == torch.bool and torch.equal(scores["correct"], expected)
+    assert 0 < scores["accuracy"] == expected.float().mean().item() < 1
+    assert "correct" not in evaluate(model, dls.valid)
+
+
 def test_same_seed_same_first_epoch_loss():
     def first_loss() -> float:
         set_seed(123)

@@ -25,7 +25,17 @@ from slowai.study.planning import remembered, stored_plan
 from slowai.study.planning.budget import CPU_PRESETS, RESERVE_ROUNDS, choose_budget
 from slowai.study.planning.estimate import PRUNED_SHARE, DataSizes, estimate, tune_share
 from slowai.study.planning.planner import Planner
-from slowai.study.planning.probe import EVAL_STEPS, MIN_PROBE_S, MIN_STEPS, PROBE_WARMUP, Throughput, probe
+from slowai.study.planning.probe import (
+    EVAL_STEPS,
+    GPU_BLOCK,
+    MIN_PROBE_S,
+    MIN_STEPS,
+    PROBE_WARMUP,
+    Throughput,
+    median_seconds,
+    probe,
+)
+from slowai.study.space import dry_draws
 from slowai.study.spec import optuna_name
 
 STAGES = ("tune", "confirm")
@@ -72,6 +82,18 @@ def test_probe_takes_the_median_of_at_least_ten_steps():
     assert time.perf_counter() - t0 >= MIN_PROBE_S  # and >= 2 s of them
     assert 16 / 0.04 < tp.train_ips <= 16 / 0.02  # the median step, ~20 ms: the stalls (a mean of 56 ms) do not count
     assert model.calls[False] >= EVAL_STEPS
+
+
+def test_a_gpu_probe_syncs_once_per_block_of_steps_as_training_runs(monkeypatch):
+    """Training queues steps without waiting for each; a probe that synced every step would time launch latency."""
+    syncs, calls = [], []
+    monkeypatch.setattr("slowai.study.planning.probe._sync", lambda device: syncs.append(device.type))
+    per_call = median_seconds(lambda: (calls.append(1), time.sleep(0.001)), torch.device("cuda"), 3, 0.0, 5.0)
+    assert len(calls) == PROBE_WARMUP + 3 * GPU_BLOCK and len(syncs) == 1 + 3  # warm-up, then one sync a block
+    assert 0.001 <= per_call < 0.008  # seconds per step: a block of ten takes >= 0.01 s
+    calls.clear()
+    median_seconds(lambda: calls.append(1), torch.device("cpu"), 3, 0.0, 5.0)
+    assert len(calls) == PROBE_WARMUP + 3  # a CPU sample is one step
 
 
 # ------------------------------------------------------------------------------------ hysteresis
@@ -166,6 +188,28 @@ def test_presets_are_judged_with_the_speed_ups_the_study_will_get(tmp_path, monk
         argv = [*DIGITS, "--plan-only", "--fuse", "off", "--time-budget", minutes, flag, "--out", str(tmp_path)]
         assert main("residual_vs_plain", ["plain"], argv) == 0
         assert f"1 candidates × {trials} trials" in capsys.readouterr().out
+
+
+def test_a_space_drawing_widths_is_probed_at_each_and_confirmed_at_the_costliest(tmp_path, monkeypatch, capsys):
+    """Tuning trains the draws' mix (seconds per image averaged over them); confirm runs the tuned model, which
+    tends to be the biggest, so the plan estimates them at the costliest drawn width."""
+    ips = {4: 4000.0, 16: 1000.0}
+    probed = []
+
+    def probe(cand, dls, min_s, **kw):
+        probed.append(kw["width"])
+        return Throughput(ips[kw["width"]], 2 * ips[kw["width"]])
+
+    def space(trial):
+        return {"lr": trial.suggest_float("lr", 1e-3, 1e-1), "model.width": trial.suggest_categorical("w", [4, 16])}
+
+    monkeypatch.setattr("slowai.study.planning.planner.probe", probe)
+    argv = [*DIGITS, "--plan-only", "--fuse", "off", "--out", str(tmp_path)]
+    assert main("widths", ["plain"], argv, space=space) == 0
+    widths = [t.user_attrs["hp"]["model.width"] for t in dry_draws(space, 0)]
+    assert sorted(probed) == [4, 16] and 0 < widths.count(16) < len(widths)  # each width once, both drawn
+    mix = 1 / sum(1 / ips[w] for w in widths) * len(widths)
+    assert f"plain {mix:,.0f} (confirm 1,000)" in capsys.readouterr().out
 
 
 def test_a_stored_plan_is_kept_like_a_resumed_study(tmp_path, capsys):

@@ -25,14 +25,12 @@ from slowai.fuse import FusedMetricsCB, FusedTrainCB, fuse_seeds, fused_learner,
 from slowai.learner import Learner
 from slowai.optim import create_optimizer
 from slowai.schedules import ScheduleCB, create_schedule
-from slowai.study.analysis import testset
 from slowai.study.coordination.failures import reason
 from slowai.study.execution import artifacts
 from slowai.study.execution.tracking import TrackedRun
-from slowai.study.execution.trial import Outcome, TrialContext, TrialRunner, history_rows, per_image
+from slowai.study.execution.trial import Outcome, TrialContext, TrialRunner, history_rows, test_scores
 from slowai.study.space import TrainConfig
 from slowai.summary import Summary
-from slowai.train import evaluate
 
 FUSED = "fused"  # trial attr: how many runs trained together in this run's fused model
 
@@ -200,8 +198,7 @@ def _finish(
     state, why = _state(learn, k, ctx.stage)
     test: dict[str, Any] | None = None
     if ctx.stage == "confirm":
-        test = evaluate(model, ctx.dls.test)
-        test[testset.ATTR] = per_image(model, ctx.dls.test)
+        test = test_scores(model, ctx.dls.test)
     out = Outcome(history_rows(rows), sum(train_s) / max(len(train_s), 1) / n, wall / n, test, state, why, n)
     for row in out.history:
         run.log({key.replace("_", "/", 1): v for key, v in row.items() if key != "epoch"}, step=row["epoch"])

@@ -137,9 +137,7 @@ class TrialRunner:
             state, why = ("pruned" if tune else "diverged"), str(e)
         finally:
             dls.train.reseed(None)
-        test = evaluate(model, dls.test) if not tune else None
-        if test is not None:
-            test[testset.ATTR] = per_image(model, dls.test)
+        test = test_scores(model, dls.test) if not tune else None
         wall = time.perf_counter() - t0
         train_s = [r["seconds"] for r in metrics.train_history]
         return Outcome(
@@ -255,19 +253,12 @@ def _model_key(cand: Candidate, cfg: TrainConfig, dls: DataLoaders) -> tuple:
     return (cand.name, repr(sorted(cfg.model_kw.items())), dls.input_shape, dls.n_classes)
 
 
-def per_image(model: torch.nn.Module, dl: Any) -> str:
-    """Which test images the run got right, packed (`analysis.testset`): the verdicts fold the test set's
-    sampling error into Δ from it. One more pass over the test set, in eval mode."""
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
-    right = []
-    try:
-        with torch.inference_mode():
-            for xb, yb in dl:
-                right.append((model(xb.to(device)).argmax(1) == yb.to(device)).cpu())
-    finally:
-        model.train(was_training)
-    return testset.pack(torch.cat(right).numpy())
+def test_scores(model: torch.nn.Module, dl: Any) -> dict[str, Any]:
+    """Test loss and accuracy, and which test images the run got right, packed (`analysis.testset`): the verdicts
+    fold the test set's sampling error into Δ from it. One pass over the test set."""
+    test = evaluate(model, dl, per_item=True)
+    test[testset.ATTR] = testset.pack(test.pop("correct").numpy())
+    return test
 
 
 def _as_list(cbs: Any) -> list[Callback]:

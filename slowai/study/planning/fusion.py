@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -23,6 +23,15 @@ MIN_SPEEDUP = 1.2  # below this, probe noise and the speed-ups a fused model goe
 MIN_CONFIRM_S = 20.0  # a candidate's confirm runs taking less than this in all are not worth the measurement
 EXPLICIT_MIN_S = 120.0  # an explicit --fuse K is measured for the estimate alone: its 2-5 s stay under ~3% of this
 PROBE = {"steps": 3, "rounds": 2}  # about 2 s a candidate on the 2-core CPU (K = 8 residual nets at 8×8)
+
+
+class Shape(NamedTuple):
+    """What a candidate's confirm runs build and feed: the fusion measurement's model and batches."""
+
+    input: tuple[int, ...]
+    classes: int
+    bs: int
+    model_kw: dict[str, Any] = {}  # the costliest the space draws; never mutated
 
 
 @dataclass(frozen=True)
@@ -38,20 +47,20 @@ def decide(
     spec: StudySpec,
     budget: Budget,
     confirm_s: dict[str, float],
-    shapes: dict[str, tuple[tuple[int, ...], int, int]],
+    shapes: dict[str, Shape],
     device: torch.device,
     stored: dict[str, dict[str, Any]],
     accel: dict[str, list[str]],
-    measured: dict[tuple, float] | None = None,
+    measured: dict[tuple, Any] | None = None,
 ) -> dict[str, Fusion]:
     """Each candidate's fusion under the study's fuse setting; `confirm_s`: its estimated confirm seconds; `shapes`:
-    (input shape, classes, batch size) of its confirm runs; `accel`: its speed-ups (fused runs keep channels-last);
-    `measured`: speed-ups measured before (kept there too), so a planner weighing several presets measures once."""
+    what its confirm runs build and feed (`Shape`, or its first three fields as a tuple); `accel`: its speed-ups (fused runs keep channels-last);
+    `measured`: what was measured before (kept there too), so a planner weighing several presets measures once."""
     before = next((a["fuse"] for a in stored.values() if isinstance(a.get("fuse"), dict)), {})
     memo = {} if measured is None else measured
 
     def one(c: Candidate) -> Fusion:
-        how = (shapes[c.name], device, accel.get(c.name, []), memo)
+        how = (Shape(*shapes[c.name]), device, accel.get(c.name, []), memo)
         return _one(spec, c, budget, confirm_s.get(c.name, 0.0), before, *how)
 
     return {c.name: one(c) for c in spec.candidates}
@@ -63,16 +72,16 @@ def _one(
     budget: Budget,
     confirm_s: float,
     before: dict[str, int],
-    shape: tuple[tuple[int, ...], int, int],
+    shape: Shape,
     device: torch.device,
     accel: list[str],
-    memo: dict[tuple, float],
+    memo: dict[tuple, Any],
 ) -> Fusion:
     if spec.fuse == "off":
         return Fusion(1, "off (--fuse off)")
     if spec.callbacks:
         return Fusion(1, "off: the study's own callbacks expect one model per run")
-    if (why := _cannot_fuse(cand, shape)) is not None:
+    if (why := _cannot_fuse(cand, shape, memo)) is not None:
         return Fusion(1, f"off: {why}")
     if spec.fuse != "auto":
         return _explicit(cand, int(spec.fuse), budget, confirm_s, shape, device, accel, memo)
@@ -95,10 +104,10 @@ def _explicit(
     k: int,
     budget: Budget,
     confirm_s: float,
-    shape: tuple[tuple[int, ...], int, int],
+    shape: Shape,
     device: torch.device,
     accel: list[str],
-    memo: dict[tuple, float],
+    memo: dict[tuple, Any],
 ) -> Fusion:
     """`--fuse K` as asked; measured too where the confirm work is worth it, so the estimate counts its gain (or
     its loss: K is fused even where it is slower)."""
@@ -112,29 +121,32 @@ def _explicit(
 def _measure(
     cand: Candidate,
     k: int,
-    shape: tuple[tuple[int, ...], int, int],
+    shape: Shape,
     device: torch.device,
     accel: list[str],
-    memo: dict[tuple, float],
+    memo: dict[tuple, Any],
 ) -> float:
-    """Seeds per second of K fused runs over K runs, on the candidate's confirm shapes (its default model)."""
+    """Seeds per second of K fused runs over K runs, on the candidate's confirm shapes and model."""
     make, cl = _factory(cand, shape), "channels_last" in accel
-    key = (cand.name, k, shape, str(device), cl)
+    key = (cand.name, k, repr(shape), str(device), cl)
     if key not in memo:
-        kw = {**PROBE, "n_classes": shape[1], "device": device, "channels_last": cl}
-        memo[key] = measure_fusion(make, k, shape[0], shape[2], **kw).speedup
+        kw = {**PROBE, "n_classes": shape.classes, "device": device, "channels_last": cl}
+        memo[key] = measure_fusion(make, k, shape.input, shape.bs, **kw).speedup
     return memo[key]
 
 
-def _factory(cand: Candidate, shape: tuple[tuple[int, ...], int, int]) -> Callable[[], torch.nn.Module]:
-    return lambda: cand.build(shape[0][0], shape[1])
+def _factory(cand: Candidate, shape: Shape) -> Callable[[], torch.nn.Module]:
+    return lambda: cand.build(shape.input[0], shape.classes, **shape.model_kw)
 
 
-def _cannot_fuse(cand: Candidate, shape: tuple[tuple[int, ...], int, int]) -> str | None:
-    """Why the candidate's architecture cannot fuse (a layer `fuse_models` refuses), or None."""
-    make = _factory(cand, shape)
-    try:
-        fuse_models([make(), make()], torch.zeros(2, *shape[0]))
-    except FusionError as e:
-        return str(e)
-    return None
+def _cannot_fuse(cand: Candidate, shape: Shape, memo: dict[tuple, Any]) -> str | None:
+    """Why the candidate's architecture cannot fuse (a layer `fuse_models` refuses), or None (kept in `memo`)."""
+    key = ("cannot", cand.name, repr(shape))
+    if key not in memo:
+        make = _factory(cand, shape)
+        try:
+            fuse_models([make(), make()], torch.zeros(2, *shape.input))
+            memo[key] = None
+        except FusionError as e:
+            memo[key] = str(e)
+    return memo[key]

@@ -68,7 +68,7 @@ class Plan:
     def describe(self, spec: StudySpec) -> str:
         b, s, n = self.budget, self.sizes, len(spec.candidates)
         threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
-        speed = " · ".join(f"{k} {v.train_ips:,.0f}" for k, v in self.speed.items())
+        speed = " · ".join(f"{k} {_ips(v)}" for k, v in self.speed.items())
         done_t = sum(d[0] for d in self.done.values())
         done_c = sum(d[1] for d in self.done.values())
         lines = [
@@ -102,3 +102,9 @@ class Plan:
         if self.target_s is not None and not self.fits:
             lines.append(f"  note: even the smallest preset exceeds the {fmt_seconds(self.target_s)} target here")
         return "\n".join(lines)
+
+
+def _ips(tp: Throughput) -> str:
+    """'6,256', or '6,256 (confirm 2,894)' where the space draws models of different cost."""
+    confirm = tp.confirm().train_ips
+    return f"{tp.train_ips:,.0f}" + (f" (confirm {confirm:,.0f})" if confirm != tp.train_ips else "")

@@ -1,4 +1,8 @@
-"""Measuring a candidate's throughput on this machine: a median of single steps, so one stalled step cannot move it."""
+"""Measuring a candidate's throughput on this machine: a median of timed samples, so one stalled step cannot move it.
+
+On a CPU a sample is one step. On a GPU it is a block of `GPU_BLOCK` steps between two syncs: training queues steps
+without waiting for each, so a synced single step adds the launch latency that training hides (the H200 estimate
+was 45% high when each probe step was synced)."""
 
 from __future__ import annotations
 
@@ -21,14 +25,27 @@ MIN_STEPS, MIN_PROBE_S, MAX_STEPS, MAX_PROBE_S = 10, 2.0, 40, 8.0  # the caps bo
 # Fashion-MNIST img/s at batch 128 vs 512 on the 2-core CPU: residual 679 vs 677, plain 870 vs 801, timm/resnet18
 # 143 vs 143; so a CPU probe times 4x the steps per second at 128 (tiny 8x8 images differ: see Planner._space_bs).
 CPU_PROBE_BS = 128
+GPU_BLOCK = 10  # steps per timed sample on a GPU: the host runs ahead of the device as in training
 
 
 @dataclass(frozen=True)
 class Throughput:
-    """Images per second of one candidate: a training step (forward+backward+AdamW) and an eval forward."""
+    """Images per second of one candidate: a training step (forward+backward+AdamW) and an eval forward; the
+    confirm figures, where given, are the costliest model its space draws (tuning tends to pick the biggest)."""
 
     train_ips: float
     eval_ips: float
+    confirm_train_ips: float | None = None
+    confirm_eval_ips: float | None = None
+
+    def confirm(self) -> Throughput:
+        """The img/s confirm runs are expected to train and evaluate at."""
+        return Throughput(self.confirm_train_ips or self.train_ips, self.confirm_eval_ips or self.eval_ips)
+
+    def scaled(self, factor: float) -> Throughput:
+        """Every figure times `factor` (a speed-up's)."""
+        confirm = (self.confirm_train_ips, self.confirm_eval_ips)
+        return Throughput(self.train_ips * factor, self.eval_ips * factor, *(c and c * factor for c in confirm))
 
 
 def probe(
@@ -53,7 +70,9 @@ def probe(
 
 
 def median_seconds(fn: Callable[[], Any], device: torch.device, min_steps: int, min_s: float, max_s: float) -> float:
-    """Median seconds of `fn` (synced) over >= `min_steps` calls and `min_s` s, within MAX_STEPS calls or `max_s` s."""
+    """Median seconds per call of `fn` over >= `min_steps` samples and `min_s` s, within MAX_STEPS samples or
+    `max_s` s; a sample is one synced call, or on a GPU a block of GPU_BLOCK calls synced once."""
+    block = GPU_BLOCK if device.type == "cuda" else 1
     for _ in range(PROBE_WARMUP):
         fn()
     _sync(device)
@@ -61,9 +80,10 @@ def median_seconds(fn: Callable[[], Any], device: torch.device, min_steps: int, 
     start = time.perf_counter()
     while True:
         t0 = time.perf_counter()
-        fn()
+        for _ in range(block):
+            fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / block)
         spent = time.perf_counter() - start
         if (len(times) >= min_steps and spent >= min_s) or len(times) >= MAX_STEPS or spent >= max_s:
             return max(statistics.median(times), 1e-6)

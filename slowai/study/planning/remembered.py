@@ -13,7 +13,7 @@ import json
 import os
 import statistics
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -69,10 +69,16 @@ def smoothed(key: str, measured: dict[str, Throughput]) -> dict[str, Throughput]
     for name, now in measured.items():
         seen = [p[name] for p in probes if isinstance(p.get(name), dict)]
         try:
-            out[name] = Throughput(*(statistics.median(float(p[f]) for p in seen) for f in ("train_ips", "eval_ips")))
+            out[name] = Throughput(*(_median(seen, f.name) for f in fields(Throughput)))
         except (KeyError, TypeError, ValueError):  # a corrupt entry: this probe alone
             out[name] = now
     return out
+
+
+def _median(probes: list[dict[str, Any]], name: str) -> float | None:
+    """The median of one field over the probes that measured it (None where none did: an optional figure)."""
+    values = [float(p[name]) for p in probes if p.get(name) is not None]
+    return statistics.median(values) if values else None
 
 
 def _now() -> str:
