@@ -54,8 +54,9 @@ def decide(
     measured: dict[tuple, Any] | None = None,
 ) -> dict[str, Fusion]:
     """Each candidate's fusion under the study's fuse setting; `confirm_s`: its estimated confirm seconds; `shapes`:
-    what its confirm runs build and feed (`Shape`, or its first three fields as a tuple); `accel`: its speed-ups (fused runs keep channels-last);
-    `measured`: what was measured before (kept there too), so a planner weighing several presets measures once."""
+    what its confirm runs build and feed (`Shape`, or its first three fields as a tuple); `accel`: its speed-ups
+    (fused runs keep channels-last); `measured`: what was measured before (kept there too), so a planner weighing
+    several presets measures once."""
     before = next((a["fuse"] for a in stored.values() if isinstance(a.get("fuse"), dict)), {})
     memo = {} if measured is None else measured
 
