@@ -314,3 +314,29 @@ def test_a_trial_past_its_deadline_is_failed_by_its_own_worker_and_retried(tmp_p
     assert [t.user_attrs["failure"] for t in slot1] == ["deadline", "deadline"]
     assert slot1[0].user_attrs["fail_reason"] == "deadline: running for over 10 s (--trial-timeout)"
     assert slot1[-1].user_attrs["final"] and "failed for good after 2 attempts" in slot1[-1].user_attrs["fail_reason"]
+
+
+class CtrlCInLockRelease(Callback):
+    """Ctrl-C landing inside Optuna's journal-lock release, which then unlinks a file its rename never made."""
+
+    def after_batch(self):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            os.unlink("/nonexistent/optuna.journal.lock-x.rename")
+
+
+def test_an_error_raised_while_ctrl_c_is_handled_is_still_the_interruption(tmp_path):
+    """Seen under load: such a trial was failed for good with a FileNotFoundError, and its worker crashed."""
+    spec = StudySpec(
+        name="ctrlc", candidates=["plain"], dataset="digits", out=tmp_path, progress=False, wandb="disabled",
+        pruner="none", callbacks=[lambda ctx: CtrlCInLockRelease()], compile=False,
+    )  # fmt: skip
+    budget = Budget(trials=1, tune_epochs=1, tune_subset=128, seeds=2, confirm_epochs=1, confirm_subset=128, bs=64)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, budget=budget, log=lambda m: None)
+    tune = optuna.load_study(study_name="ctrlc/plain/tune", storage=open_storage(str(tmp_path / "optuna.journal")))
+    failed = [t for t in tune.trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted (Ctrl-C)"]
+    assert failed[0].user_attrs["failure"] == "interrupted" and not failed[0].user_attrs.get("final")
+    assert [t.state for t in tune.trials if t.state != TrialState.FAIL] == [TrialState.WAITING]  # its retry, queued

@@ -43,12 +43,20 @@ def reason(e: BaseException) -> str:
     """The one line a failed trial records."""
     if isinstance(e, TrialDeadline):
         return str(e)
-    return "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+    ctrl_c = any(isinstance(x, KeyboardInterrupt) for x in _chain(e))
+    return "interrupted (Ctrl-C)" if ctrl_c else f"{type(e).__name__}: {e}"
+
+
+def interrupted(e: BaseException) -> bool:
+    """Ctrl-C or SystemExit anywhere in the chain. An error raised while one was handled is still the interruption:
+    Ctrl-C landing inside Optuna's journal-lock release makes it unlink a file its interrupted rename never made
+    (FileNotFoundError), and that error must not fail the trial for good."""
+    return any(isinstance(x, (KeyboardInterrupt, SystemExit)) for x in _chain(e))
 
 
 def kind(e: BaseException) -> str:
     """The failure class of an exception raised while a trial ran."""
-    if isinstance(e, (KeyboardInterrupt, SystemExit)):
+    if interrupted(e):
         return INTERRUPTED
     if isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and any(s in str(e) for s in _OOM_TEXT)):
         return OOM

@@ -168,6 +168,8 @@ def hold_all(
                 said.append(signal_)
         if said:  # an outage first (it stops the worker), else what the first trial's class says
             raise next((x for x in said if isinstance(x, StorageUnreachable)), said[0]) from e
+        if failures.interrupted(e) and not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise KeyboardInterrupt from e  # the worker stops as on Ctrl-C, whatever error the interruption caused
         raise
 
 

@@ -53,6 +53,7 @@ class Planner:
         settled = fingerprint.stored_budget(stored) or (record.budget if record else None)
         choosing = settled is None and self.budget is None and not self.quick
         needs_probe = self.probe_always or choosing
+        self._check_spaces(self.budget or budgets.QUICK, self.draws())  # the probe builds the models they draw
         speed = self._probe(steady=choosing) if needs_probe else {}
         budget, source, fits, speed = self._choose(settled, speed)
         return self._plan(storage, budget, source, fits, speed, stored, record)
@@ -93,7 +94,6 @@ class Planner:
         fingerprint.check(self.spec, stored, fps)
         if record is not None:
             self._check_record(record, budget, stored=bool(stored))
-        self._check_spaces(budget, draws)
         sizes = sizes_for(budget, self.data.sizes)
         before = stored or ({"plan": {"accel": record.accel, "fuse": record.fuse}} if record else {})
         done = done_counts(self.spec, storage, budget)
