@@ -13,6 +13,7 @@ members share their epochs, so confirm runs that trained fused are counted apart
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -25,7 +26,7 @@ from slowai.study.coordination.storage import open_storage
 from slowai.study.data import StudyData
 from slowai.study.execution.fused_trial import FUSED
 from slowai.study.planning import speedups, stored_plan
-from slowai.study.planning.estimate import RUN_OVERHEAD_S, sizes_for
+from slowai.study.planning.estimate import RUN_OVERHEAD_S, DataSizes, sizes_for
 from slowai.study.planning.probe import Throughput
 from slowai.study.spec import Budget, optuna_name
 
@@ -119,9 +120,8 @@ def _row(storage, study: str, record, dataset: str, cand: str, stage: str) -> di
 def _estimates(record, dataset: str, cand: str, stage: str) -> tuple[float, float, float]:
     """Seconds of one training epoch, one validation pass and the test set (0 when tuning) as the plan estimated
     them: split sizes over the probe's img/s times the speed-ups."""
-    budget = Budget(**record.budget)
     spec = StudySpec(name="estimate", candidates=[cand], dataset=dataset)
-    sizes = sizes_for(budget, StudyData(spec, torch.device("cpu")).sizes)
+    sizes = _sizes(dataset, Budget(**record.budget))
     factor, _ = speedups.speedups(spec, {cand: record.accel[cand]}, torch.device("cpu"))[cand]
     measured = Throughput(**record.throughput[cand])
     tp = (measured if stage == "tune" else measured.confirm()).scaled(factor)
@@ -129,6 +129,13 @@ def _estimates(record, dataset: str, cand: str, stage: str) -> tuple[float, floa
     if stage == "tune":
         return sizes.tune_train / train_ips, sizes.tune_valid / eval_ips, 0.0
     return sizes.confirm_train / train_ips, sizes.confirm_valid / eval_ips, sizes.confirm_test / eval_ips
+
+
+@functools.cache
+def _sizes(dataset: str, budget: Budget) -> DataSizes:
+    """Split sizes under the study's budget, the dataset read once for all rows."""
+    data = StudyData(StudySpec(name="estimate", candidates=["plain"], dataset=dataset), torch.device("cpu"))
+    return sizes_for(budget, data.sizes)
 
 
 def _pct(measured: float, estimated: float) -> str:
