@@ -19,10 +19,11 @@ import pytest
 from optuna.trial import TrialState
 
 from slowai.study import Budget, StudySpec, main, read_offline_run, run_study
+from slowai.study.coordination import workqueue
 from slowai.study.coordination.lease import Watch, place
 from slowai.study.coordination.readback import confirm_key
 from slowai.study.coordination.storage import existing_names, open_storage
-from slowai.study.coordination.trials import FINISHED, fail_lost_trials
+from slowai.study.coordination.trials import DRAWN, FINISHED, close, fail_lost_trials, retry, trial_id
 from slowai.study.execution.tracking import offline_runs
 from slowai.study.spec import optuna_name
 
@@ -243,6 +244,60 @@ def test_lost_confirm_run_is_retried_with_its_seed(tmp_path):
     assert failed.state == TrialState.FAIL and "process gone" in failed.user_attrs["fail_reason"]
     assert queued.state == TrialState.WAITING and queued.params == {"lr": 0.01}
     assert queued.user_attrs == {"seed": 7, "params_key": "lr=0.01", "retry_of": 0, "queued_params": {"lr": 0.01}}
+
+
+def test_a_retry_whose_closer_died_is_queued_by_the_refill_with_its_params_and_lineage(tmp_path):
+    """Killed between closing a lost trial and queueing its retry, the closer leaves the seed owed: the refill queues
+    that retry (same params, `retry_of`), and a slot nothing ever stood for gets a fresh trial."""
+    storage = open_storage(str(tmp_path / "j.journal"))
+    confirm = optuna.create_study(study_name="s/c/confirm", storage=storage, direction="maximize")
+    workqueue.enqueue_seeds(confirm, {"lr": 0.01}, [0, 1])
+    lost = confirm.ask()
+    lost.suggest_float("lr", 1e-4, 1.0, log=True)
+    assert close(storage, trial_id(storage, "s/c/confirm", lost.number), "worker w died (process gone)", "lost")
+    assert workqueue.owed_retries(confirm) == {("seed", "lr=0.01", 0): confirm.trials[0]}
+    assert workqueue.refill_seeds(confirm, {"lr": 0.01}, [0, 1]) == [0]  # seed 1 is still queued
+    queued = confirm.get_trials(states=(TrialState.WAITING,))
+    retry = next(t for t in queued if t.user_attrs["seed"] == 0)
+    assert retry.user_attrs["retry_of"] == lost.number and retry.params == {"lr": 0.01}
+    assert workqueue.owed_retries(confirm) == {}  # owed once, queued once
+
+    tune = optuna.create_study(study_name="s/c/tune", storage=storage, direction="maximize")
+    assert workqueue.refill_slots(tune, 2) == [0, 1]
+    assert [t.user_attrs for t in tune.trials] == [{"slot": 0}, {"slot": 1}]  # nothing failed: fresh slots
+
+
+def draw(trial):
+    return [trial.suggest_float("lr", 1e-4, 1.0, log=True), trial.suggest_float("wd", 0.0, 0.1)]
+
+
+def test_a_tune_trial_killed_mid_draw_is_retried_as_its_slot_so_it_draws_what_an_undisturbed_run_draws(tmp_path):
+    """Fixing a half-drawn prefix would shift the seeded sampler's stream (fixed params draw nothing), so the rest
+    would differ from the slot's draw; a fully drawn trial's retry keeps its params."""
+    storage = open_storage(str(tmp_path / "j.journal"))
+    seeded = lambda: optuna.samplers.TPESampler(seed=3, n_startup_trials=10)  # noqa: E731 - as a slot's sampler
+    calm = optuna.create_study(study_name="calm", storage=storage, sampler=seeded())
+    undisturbed = draw(calm.ask())
+
+    study = optuna.create_study(study_name="s/c/tune", storage=storage, sampler=seeded())
+    workqueue.enqueue_slots(study, [0])
+    cut = study.ask()
+    cut.suggest_float("lr", 1e-4, 1.0, log=True)  # killed here, before "wd"
+    tid = trial_id(storage, "s/c/tune", cut.number)
+    assert close(storage, tid, "worker w died (process gone)", "lost")
+    retry(study, storage.get_trial(tid))
+    study.sampler = seeded()
+    again = study.ask()
+    assert again.user_attrs == {"slot": 0, "retry_of": cut.number, "queued_params": {}}
+    assert draw(again) == undisturbed and again.params["lr"] == cut.params["lr"]
+
+    again.set_user_attr(DRAWN, True)  # drawn to the end, then killed while training: its retry runs these params
+    tid = trial_id(storage, "s/c/tune", again.number)
+    assert close(storage, tid, "worker w died (process gone)", "lost")
+    retry(study, storage.get_trial(tid))
+    study.sampler = optuna.samplers.TPESampler(seed=99, n_startup_trials=10)  # another stream: the params are fixed
+    last = study.ask()
+    assert draw(last) == undisturbed and last.user_attrs[DRAWN] and last.user_attrs["retry_of"] == again.number
 
 
 def diverge_first(trial):

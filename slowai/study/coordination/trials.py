@@ -31,7 +31,8 @@ from slowai.study.coordination.patience import StorageUnreachable
 from slowai.study.spec import StudyError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-RETRY_ATTRS = ("slot", "seed", "params_key", "oom_retries")  # what a retried trial keeps: the run it stands for
+DRAWN = "drawn"  # user attr: a tune trial's space was drawn to the end (its retries keep those params)
+RETRY_ATTRS = ("slot", "seed", "params_key", "oom_retries", DRAWN)  # what a retry keeps: the run it stands for
 QUEUED_PARAMS = "queued_params"  # user attr: the params a queued trial must run (its retries run them too)
 ATTEMPTS = (failures.LOST, failures.DEADLINE, failures.OOM)  # failures that use up one of a slot's or seed's tries
 
@@ -114,13 +115,16 @@ def retry(study: optuna.Study, trial: FrozenTrial, **extra: Any) -> None:
 
     Only the claim attrs are copied: the new run gets its own worker, W&B run and timings. The params it must use go
     along as `queued_params` too: a retry killed before its space was drawn has no params of its own, and its retry
-    must still run the same ones. How often a slot or seed may be retried is counted by `fail_and_requeue`, not by the
-    callback (whose count a fresh trial would reset).
+    must still run the same ones. A tune trial killed mid-draw is queued as its slot again, with nothing fixed: kept,
+    its drawn prefix would shift the seeded sampler's stream, so the rest would not be what the slot draws. How often
+    a slot or seed may be retried is counted by `fail_and_requeue`, not by the callback (whose count a fresh trial
+    would reset).
     """
-    params = dict(trial.params) or dict(trial.user_attrs.get(QUEUED_PARAMS, {}))
+    cut_short = "slot" in trial.user_attrs and not trial.user_attrs.get(DRAWN)
+    params = {} if cut_short else dict(trial.params) or dict(trial.user_attrs.get(QUEUED_PARAMS, {}))
     keep = {k: v for k, v in trial.user_attrs.items() if k in RETRY_ATTRS}
     attrs = keep | extra | {"retry_of": trial.number, QUEUED_PARAMS: params}
-    if not trial.params:  # nothing drawn yet: queue the params it was given
+    if cut_short or not trial.params:  # nothing (or not all) drawn yet: queue the params it was given
         study.enqueue_trial(params, user_attrs=attrs)
         return
     clean = copy.deepcopy(trial)

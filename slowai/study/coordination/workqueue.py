@@ -8,9 +8,11 @@ round's seeds for the current best hyperparameters) is queued by the one worker 
 trial (the FAIL transition has one winner), so it needs no claim.
 
 The only counting left is a safety net for a queue its filler never finished (killed between its claim and its
-last enqueue) or that a retry's closer left empty: when nothing of a batch is queued or running anywhere, any
-worker queues what is missing (`refill`), and a pop whose slot or seed an earlier live trial already holds steps
-back (`holds_earlier`), so a race there costs one surplus trial, never a lost or doubled run.
+last enqueue) or that a retry's closer left empty (killed between closing a lost trial and queueing its retry):
+when nothing of a batch is queued or running anywhere, any worker queues what is missing (`refill_slots`,
+`refill_seeds`: the retry a failed try is owed, with its params and `retry_of`, else a fresh slot or seed), and a
+pop whose slot or seed an earlier live trial already holds steps back (`holds_earlier`), so a race there costs one
+surplus trial, never a lost or doubled run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from slowai.study.coordination.first_writer import first_claim
 from slowai.study.coordination.readback import confirm_key
-from slowai.study.coordination.trials import FINISHED, QUEUED_PARAMS, is_final
+from slowai.study.coordination.trials import FINISHED, QUEUED_PARAMS, is_final, retry, unit_of
 
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 SURPLUS = "surplus"  # fail_reason prefix of a popped trial that stood for no work (never counted, never reported)
@@ -54,6 +56,11 @@ def queue_tune_slots(storage: Any, study_name: str, study: optuna.Study, candida
 def enqueue_slots(study: optuna.Study, slots: Iterable[int]) -> None:
     for slot in slots:
         study.enqueue_trial({}, user_attrs={"slot": slot})
+
+
+def refill_slots(study: optuna.Study, wanted: int) -> list[int]:
+    """Queue the tune slots nothing stands for (no claim: called only when nothing runs or waits anywhere)."""
+    return _refill(study, missing_slots(study, wanted), lambda s: ("slot", s), lambda s: enqueue_slots(study, [s]))
 
 
 def tune_done(study: optuna.Study, wanted: int) -> bool:
@@ -112,6 +119,34 @@ def enqueue_seeds(study: optuna.Study, best: dict[str, Any], seeds: Iterable[int
     key = confirm_key(best)
     for seed in seeds:
         study.enqueue_trial(best, user_attrs={"seed": seed, "params_key": key, QUEUED_PARAMS: best})
+
+
+def refill_seeds(study: optuna.Study, best: dict[str, Any], seeds: Iterable[int]) -> list[int]:
+    """Queue the confirm seeds nothing stands for (no claim: called only when nothing runs or waits anywhere)."""
+    key = confirm_key(best)
+    return _refill(
+        study, missing_seeds(study, key, seeds), lambda s: ("seed", key, s), lambda s: enqueue_seeds(study, best, [s])
+    )
+
+
+def owed_retries(study: optuna.Study) -> dict[tuple, FrozenTrial]:
+    """unit → the latest failed try (lost, timed out, out of memory, interrupted: not final) that no trial names as
+    its retry: whoever closed it died before queueing one."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    owed = [t for t in trials if t.state == TrialState.FAIL and "failure" in t.user_attrs and not is_final(t)]
+    return {unit_of(t): t for t in sorted(owed, key=lambda t: t.number) if t.number not in retried}
+
+
+def _refill(study: optuna.Study, missing: list[Any], unit: Any, fresh: Any) -> list[Any]:
+    """Each missing slot or seed gets the retry its failed try is owed (same params, `retry_of`), else a fresh one."""
+    owed = owed_retries(study) if missing else {}
+    for m in missing:
+        if (t := owed.get(unit(m))) is not None:
+            retry(study, t)
+        else:
+            fresh(m)
+    return missing
 
 
 def mark_surplus(study: optuna.Study, trial: optuna.Trial, why: str) -> None:

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from slowai.study.coordination import workqueue
 from slowai.study.coordination.readback import confirm_key
 from slowai.study.coordination.studies import OptunaStudies
-from slowai.study.coordination.trials import hold_all
+from slowai.study.coordination.trials import DRAWN, hold_all
 from slowai.study.data import StudyData
 from slowai.study.execution.fused_trial import fusable_groups, run_fused
 from slowai.study.execution.trial import Outcome, TrialContext, TrialRunner
@@ -34,6 +34,8 @@ class JobRunner:
     def context(self, cand: Candidate, stage: str, trial: optuna.Trial, seed: int) -> TrialContext:
         """Draw the trial's hyperparameters, route them, and pick the stage's data (a confirm seed draws its split)."""
         hp = self.spec.space_of(cand)(trial)
+        if stage == "tune" and not trial.user_attrs.get(DRAWN):
+            trial.set_user_attr(DRAWN, True)  # drawn to the end: a retry keeps these params (`trials.retry`)
         cfg = route(hp, cand.recipe, f"the search space of {cand.name!r}")
         dls = self.data.for_stage(self.budget, stage, cfg, seed)
         epochs = self.budget.tune_epochs if stage == "tune" else self.budget.confirm_epochs

@@ -18,7 +18,6 @@ from typing import Any
 from slowai.study.analysis.answer import design_of
 from slowai.study.analysis.verdicts import seeds_needed
 from slowai.study.coordination import failures, workqueue
-from slowai.study.coordination.readback import confirm_key
 from slowai.study.coordination.studies import OptunaStudies
 from slowai.study.data import StudyData
 from slowai.study.execution.jobs import JobRunner
@@ -168,14 +167,12 @@ class Scheduler:
         added = False
         for name in {j.candidate for j in todo if j.stage == "tune"}:
             study = self.studies.study(name, "tune")
-            if missing := workqueue.missing_slots(study, self.budget.trials):
-                workqueue.enqueue_slots(study, missing)
+            if missing := workqueue.refill_slots(study, self.budget.trials):
                 self.say(f"queued {name}'s tune slots {missing} again: nothing stood for them")
                 added = True
         for job in {j.candidate: j for j in todo if j.stage == "confirm"}.values():
             best, study = self.studies.best_params(job.candidate), self.studies.study(job.candidate, "confirm")
-            if best and (missing := workqueue.missing_seeds(study, confirm_key(best), job.round or [])):
-                workqueue.enqueue_seeds(study, best, missing)
+            if best and (missing := workqueue.refill_seeds(study, best, job.round or [])):
                 self.say(f"queued {job.candidate}'s confirm seeds {missing} again: nothing stood for them")
                 added = True
         return added
