@@ -26,7 +26,7 @@ from slowai.study.coordination.failures import LOST, transient_storage_error
 from slowai.study.coordination.lease import BEAT, OWNER, PLACE, Heartbeat, Liveness, Watch, place, worker_id
 from slowai.study.coordination.patience import Patience, PatientStorage, StorageUnreachable
 from slowai.study.coordination.storage import open_storage
-from slowai.study.coordination.trials import fail_and_requeue, fail_lost_trials, trial_id
+from slowai.study.coordination.trials import DRAWN, fail_and_requeue, fail_lost_trials, trial_id
 from slowai.study.coordination.workqueue import enqueue_slots, missing_slots, queue_tune_slots, tune_done
 from slowai.study.spec import StudyError
 
@@ -169,6 +169,7 @@ def test_a_retry_killed_before_drawing_its_params_passes_them_on():
     enqueue_slots(study, [0])
     first = study.ask()
     lr = first.suggest_float("lr", 1e-4, 1.0, log=True)
+    first.set_user_attr(DRAWN, True)  # its whole space is drawn (as the job runner marks it)
     for _ in range(2):  # lost after drawing; then its retry is lost before drawing anything
         trial = first if _ == 0 else study.ask()
         assert fail_and_requeue(storage, study, trial_id(storage, study.study_name, trial.number), "lost", LOST, 3)
