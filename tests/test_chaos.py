@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -275,15 +276,48 @@ def test_a_study_started_while_its_database_is_down_waits_for_it(tmp_path, own_p
         impatient = digits([*args, "--storage-patience", "0"], tmp_path / "impatient", subprocess.PIPE)
         said = impatient.communicate(timeout=120)[0].decode()
         patient = digits(args, tmp_path / "patient", subprocess.PIPE)
+        output = Output(patient)
+        assert output.says("storage unreachable ("), output.all(0)  # it met the outage, however long it took to start
         time.sleep(OUTAGE_S)
         assert patient.poll() is None, "a patient study must wait for its database"
     finally:
         pg_ctl(pg_dir, "--up")
-    out, _ = patient.communicate(timeout=300)
+    patient.wait(timeout=300)
+    out = output.all()
     errors = [line for line in said.splitlines() if line.startswith("error: ")]
     assert impatient.returncode == 2 and len(errors) == 1 and said.rstrip().endswith(errors[0]), said
     assert "--storage-patience 0: not retried" in errors[0]
     assert not (tmp_path / "impatient").exists()
-    assert patient.returncode == 0, out.decode()[-3000:]
-    assert "storage unreachable (" in out.decode() and "storage reachable again" in out.decode()
+    assert patient.returncode == 0, out[-3000:]
+    assert "storage reachable again" in out, out[-3000:]
     assert (tmp_path / "patient" / "report.md").exists()
+
+
+class Output:
+    """A process's output, read line by line in a thread, so a test waits for what the process says rather than for
+    a start-up time it guesses."""
+
+    def __init__(self, proc):
+        self.lines, self.ended, self.grew = [], False, threading.Condition()
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream):
+        for raw in iter(stream.readline, b""):
+            with self.grew:
+                self.lines.append(raw.decode())
+                self.grew.notify_all()
+        with self.grew:
+            self.ended = True
+            self.grew.notify_all()
+
+    def says(self, text, timeout=120):
+        """Wait up to `timeout` s for a line containing `text`; False once the output ended without one."""
+        seen = lambda: any(text in line for line in self.lines)  # noqa: E731
+        with self.grew:
+            return self.grew.wait_for(lambda: seen() or self.ended, timeout) and seen()
+
+    def all(self, timeout=60):
+        """Everything it said, once its output has ended."""
+        with self.grew:
+            self.grew.wait_for(lambda: self.ended, timeout)
+            return "".join(self.lines)

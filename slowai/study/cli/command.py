@@ -127,9 +127,10 @@ def _worker_command(name: str, argv: Sequence[str] | None) -> list[str]:
 
 
 def _worker_log(worker_id: int | None) -> Callable[[str], None]:
-    """print, with each line tagged by the worker id in a `--workers` child (their lines interleave)."""
+    """print, flushed (a log piped to a file shows a wait as it begins), each line tagged by the worker id in a
+    `--workers` child (their lines interleave)."""
     if worker_id is None:
-        return print
+        return lambda msg: print(msg, flush=True)
     return lambda msg: print("\n".join(f"[worker {worker_id}] {line}" for line in msg.splitlines()), flush=True)
 
 
