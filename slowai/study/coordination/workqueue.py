@@ -17,7 +17,7 @@ surplus trial, never a lost or doubled run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import optuna
@@ -138,7 +138,9 @@ def owed_retries(study: optuna.Study) -> dict[tuple, FrozenTrial]:
     return {unit_of(t): t for t in sorted(owed, key=lambda t: t.number) if t.number not in retried}
 
 
-def _refill(study: optuna.Study, missing: list[Any], unit: Any, fresh: Any) -> list[Any]:
+def _refill(
+    study: optuna.Study, missing: list[int], unit: Callable[[int], tuple], fresh: Callable[[int], None]
+) -> list[int]:
     """Each missing slot or seed gets the retry its failed try is owed (same params, `retry_of`), else a fresh one."""
     owed = owed_retries(study) if missing else {}
     for m in missing:
